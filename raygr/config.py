@@ -1,0 +1,377 @@
+"""Frozen configuration dataclasses, loaded from YAML with dotted ``--set`` overrides.
+
+    cfg = load_config("jobs/configs/beauty_joint.yaml", overrides=["train.epochs=5"])
+    dump_config(cfg, "runs/x/config.yaml")
+
+Every key has a default, so ``load_config(None)`` gives the ``joint`` preset. A preset name
+(``model.preset``) first applies that preset's defaults, then the file, then the overrides: a
+file only lists what it changes. Unknown keys and out-of-range values raise ``ConfigError``
+naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what to change."""
+
+
+Preset = Literal["joint", "tiger", "sasrec"]
+DecayStrategy = Literal["constant", "linear", "exponential", "cosine", "sdud", "frqud"]
+Weighting = Literal["fixed", "scheduled", "adaptive"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # prepared dataset directory (``raygr data prepare`` output)
+    max_history: int = 20  # history cap: items older than this are dropped (TIGER uses 20 on Amazon)
+    num_eval_users: int = 0  # 0 = every user; >0 evaluates a fixed random subset (fast validation)
+
+    def validate(self) -> None:
+        _check(self.max_history >= 1, "data.max_history", "must be >= 1")
+        _check(self.num_eval_users >= 0, "data.num_eval_users", "must be >= 0 (0 = all users)")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Gumbel exploration: temperature tau and noise scale sigma as functions of the step."""
+
+    strategy: DecayStrategy = "cosine"
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    sigma_start: float = 1.0  # Gumbel noise scale at step 0
+    sigma_end: float = 0.0
+    horizon_steps: int = 3000  # steps over which the decay runs; constant afterwards
+    exp_rate: float = 5.0  # exponential: value = end + (start-end)*exp(-rate*t)
+    sdud_lambda: float = 0.1  # SDUD: floor lambda in L/(2(|s|+l)^2) + log(|s|+l)
+    frqud_threshold: float = 2.0  # FrqUD: a code is over-used above threshold x the uniform frequency
+    frqud_momentum: float = 0.99  # FrqUD: EMA momentum of code frequencies
+
+    def validate(self) -> None:
+        _check(self.tau_end > 0 and self.tau_start > 0, "model.schedule.tau_start/tau_end", "must be > 0")
+        _check(self.sigma_start >= 0 and self.sigma_end >= 0, "model.schedule.sigma_*", "must be >= 0")
+        _check(self.horizon_steps >= 1, "model.schedule.horizon_steps", "must be >= 1")
+        _check(self.sdud_lambda > 0, "model.schedule.sdud_lambda", "must be > 0")
+        _check(self.frqud_threshold > 0, "model.schedule.frqud_threshold", "must be > 0")
+        _check(0 <= self.frqud_momentum < 1, "model.schedule.frqud_momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the joint objective's terms (0 switches a term off)."""
+
+    generator: float = 1.0
+    ranker: float = 1.0
+    codebook: float = 1.0  # codebook + commitment (VQ)
+    commitment: float = 0.25  # beta of the commitment term, relative to the codebook term
+    reconstruction: float = 0.5  # item content rebuilt from its SID
+    cost: float = 0.1  # CoST: InfoNCE item embedding <-> quantized reconstruction
+    unisid: float = 0.1  # UniSID: InfoNCE at every level's prefix
+    balance: float = 0.01  # code-balance (entropy of the batch code distribution)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _check(getattr(self, f.name) >= 0, f"model.loss.{f.name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: Preset = "joint"
+    dim: int = 64  # model width D
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
+    use_item_id: bool = False  # add an item-ID embedding to the content encoder / ranker
+    levels: int = 3  # SID levels L
+    codes: int = 256  # codes per level K
+    max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
+    init: Literal["kmeans", "batch"] = "kmeans"
+    dead_code_steps: int = 200  # a code unused this many steps is re-seeded from the batch
+    temperature_contrast: float = 0.1  # InfoNCE temperature of CoST / UniSID
+    ranker_loss: Literal["softmax", "bce"] = "softmax"
+    num_negatives: int = 128  # sampled negatives of the ranker
+    hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
+    enhancer_every: int = 50  # steps between enhancer retrievals (0 = off)
+    weighting: Weighting = "adaptive"
+    ramp_steps: int = 1000  # scheduled weighting: ranker/tokenizer weights ramp in over these steps
+    gradnorm_alpha: float = 0.5  # adaptive weighting: strength of the gradient-norm balance
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def validate(self) -> None:
+        _check(self.dim >= 8 and self.dim % self.num_heads == 0, "model.dim",
+               f"must be >= 8 and divisible by model.num_heads ({self.num_heads})")
+        _check(self.num_layers >= 1, "model.num_layers", "must be >= 1")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+        _check(self.levels >= 1, "model.levels", "must be >= 1")
+        _check(self.codes >= 2, "model.codes", "must be >= 2")
+        _check(self.max_suffix >= 1, "model.max_suffix", "must be >= 1")
+        _check(self.token_buckets >= 16, "model.token_buckets", "must be >= 16")
+        _check(self.num_negatives >= 1, "model.num_negatives", "must be >= 1")
+        _check(self.hard_negatives >= 0, "model.hard_negatives", "must be >= 0")
+        _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
+        _check(self.temperature_contrast > 0, "model.temperature_contrast", "must be > 0")
+        self.schedule.validate()
+        self.loss.validate()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    tokenizer_epochs: int = 10  # tiger preset: epochs of the content-only tokenizer stage
+    patience: int = 5  # early stopping: epochs without validation NDCG@10 improvement
+    beam_size: int = 20  # retrieval beam (also the number of ranked items for retrieval-only)
+    num_candidates: int = 50  # retrieve-then-rank: candidates handed to the ranker
+    eval_batch_size: int = 512
+    num_workers: int = 1  # Ray Train workers (DDP)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1  # Ray Train FailureConfig
+    log_every: int = 50
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.beam_size >= 1, "train.beam_size", "must be >= 1")
+        _check(self.num_candidates >= 1, "train.num_candidates", "must be >= 1")
+        _check(self.patience >= 1, "train.patience", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    num_samples: int = 8
+    max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
+    grace_period: int = 2  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2
+    gpus_per_trial: float = 0.0
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {choice|uniform|loguniform|...}
+
+    def validate(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
+        _check(self.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0")
+        _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_k: int = 100
+    default_candidates: int = 50
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 8.0
+    history_policy: Literal["truncate", "reject"] = "truncate"  # histories over data.max_history
+    use_gpu: bool = False
+
+    def validate(self) -> None:
+        _check(1 <= self.port <= 65535, "serve.port", "must be in 1..65535")
+        _check(self.max_k >= 1, "serve.max_k", "must be >= 1")
+        _check(1 <= self.min_replicas <= self.max_replicas, "serve.min_replicas/max_replicas",
+               "need 1 <= min_replicas <= max_replicas")
+        _check(self.max_batch_size >= 1, "serve.max_batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+
+# What each preset changes from the defaults above (a user's file and --set come on top).
+PRESETS: dict[str, dict[str, Any]] = {
+    "joint": {},
+    "tiger": {
+        # Two-stage: tokenizer on content only, frozen, then the generator; no ranker, no noise.
+        "model": {"weighting": "fixed", "enhancer_every": 0,
+                  "schedule": {"strategy": "constant", "sigma_start": 0.0, "sigma_end": 0.0},
+                  "loss": {"ranker": 0.0}},
+    },
+    "sasrec": {
+        "model": {"use_item_id": True, "weighting": "fixed", "enhancer_every": 0, "dropout": 0.5},
+        "train": {"lr": 1e-3},
+    },
+}
+
+
+def _check(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {what}")
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a YAML / command-line value to the annotated type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or _is_int_str(value)):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def _is_int_str(v: Any) -> bool:
+    return isinstance(v, str) and v.strip().lstrip("+-").isdigit()
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    hints = _type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys in "
+            f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, raw in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'model.levels=4'`` -> (['model', 'levels'], 4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def config_from_dict(values: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    values = dict(values or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+    preset = (values.get("model") or {}).get("preset", "joint")
+    if preset not in PRESETS:
+        raise ConfigError(f"config key 'model.preset' is {preset!r}; allowed values: {', '.join(PRESETS)}")
+    merged = _deep_merge(PRESETS[preset], values)
+    return _build(Config, merged, "").validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, train, ...)")
+    try:
+        return config_from_dict(values, overrides)
+    except ConfigError as e:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config, path: str | Path | None = None) -> str:
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def replace(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of ``cfg`` with dotted overrides applied (used by Tune trials)."""
+    return config_from_dict(config_to_dict(cfg), overrides)

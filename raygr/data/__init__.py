@@ -1,0 +1,1 @@
+"""Data: input formats, the synthetic default, the prepared-dataset format, splits and batches."""

@@ -1,0 +1,1 @@
+"""Models (pure PyTorch): item encoder, quantizer, sequence encoder, generator, ranker, decoding."""
