@@ -1,0 +1,34 @@
+"""Generator head: predicts the next item's SID level by level from the user state.
+
+    s_0 = h;  logits_l = query_l(s_l) . codebook_l + bias_l;  s_{l+1} = s_l + step_l(code vector_l)
+
+Output embeddings are the quantizer's codebooks themselves (tied), and teacher forcing feeds the
+target's straight-through code vectors, so the generator loss reaches the codebooks and, through
+the Gumbel-softmax assignment, the item encoder. The last level is the collision suffix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CodeGenerator(nn.Module):
+    def __init__(self, dim: int, levels: int, codes: int, max_suffix: int):
+        super().__init__()
+        self.levels = levels
+        self.query = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(levels + 1))
+        self.bias = nn.Parameter(torch.zeros(levels, codes))
+        self.step = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
+        self.suffix = nn.Embedding(max_suffix, dim)
+
+    def logits(self, s: torch.Tensor, level: int, codebooks: torch.Tensor) -> torch.Tensor:
+        """s: [..., D] -> [..., K] for a code level, [..., S] for the suffix level (== levels)."""
+        q = self.query[level](s)
+        if level == self.levels:
+            return q @ self.suffix.weight.T
+        return q @ codebooks[level].T + self.bias[level]
+
+    def advance(self, s: torch.Tensor, level: int, code_vec: torch.Tensor) -> torch.Tensor:
+        """State after choosing the level's code whose vector is ``code_vec`` [..., D]."""
+        return s + self.step[level](code_vec)

@@ -1,0 +1,221 @@
+"""The joint model: item encoder + residual quantizer + sequence encoder + code generator + ranker.
+
+One set of parameters yields two models: a retriever (constrained beam search over SIDs) and a
+ranker (dot product of the user state and the candidate's SID code vectors). Training sees every
+item through the quantizer's straight-through codes, so the generator and ranker losses shape
+the tokenizer (the ``joint`` preset). With ``freeze_tokenizer()`` the codes are fixed and nothing
+reaches the encoder or the codebooks (the two-stage ``tiger`` preset).
+
+    model = GenerativeRecommender(cfg.model, tokens, num_items, max_history)
+    terms = model.losses(batch, step, negatives)   # dict of scalar losses (weighted elsewhere)
+    model.refresh()                                # SID table, trie and item caches for inference
+    items, scores = model.recommend(history, k=10, num_candidates=50)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raygr.config import ModelConfig
+from raygr.models.decoding import Trie, beam_search
+from raygr.models.encoder import ItemEncoder
+from raygr.models.generator import CodeGenerator
+from raygr.models.quantizer import QuantizerOutput, ResidualQuantizer
+from raygr.models.ranker import Ranker
+from raygr.models.sequence import SequenceEncoder
+from raygr.models.sid import SIDTable
+from raygr.training.batch import TrainBatch
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between rows of a and b [M, D]; row i of each is the positive pair."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+class GenerativeRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokens: torch.Tensor, num_items: int, max_history: int,
+                 dense: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        D, L, K = cfg.dim, cfg.levels, cfg.codes
+        self.num_items = num_items
+        self.encoder = ItemEncoder(tokens, D, cfg.token_buckets, dense, use_item_id=cfg.use_item_id)
+        self.quantizer = ResidualQuantizer(L, K, D, cfg.schedule)
+        self.item_in = nn.Linear(L * D, D)  # history item = level-wise projection of its L code vectors
+        self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history)
+        self.generator = CodeGenerator(D, L, K, cfg.max_suffix)
+        self.ranker = Ranker(D, L, num_items, cfg.use_item_id)
+        self.recon = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, D))  # SID -> content (tied bag)
+        self.table: SIDTable | None = None
+        self.trie: Trie | None = None
+        self._item_inputs: torch.Tensor | None = None  # [N+1, D] inference cache
+        self._rank_vecs: torch.Tensor | None = None  # [N+1, D]
+        self.tokenizer_frozen = False
+
+    has_ranker = True
+
+    # -- state that is not a parameter: the SID table travels with the checkpoint ------------------
+    def get_extra_state(self) -> dict:
+        t = self.table
+        return {"codes": t.codes, "suffix": t.suffix} if t is not None else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state:
+            self.table = SIDTable(state["codes"], state["suffix"], self.cfg.codes, self.cfg.max_suffix)
+            self.trie = None
+
+    def freeze_tokenizer(self) -> None:
+        self.tokenizer_frozen = True
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.recon.requires_grad_(False)
+
+    # -- training ---------------------------------------------------------------------------------
+    def quantize_items(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, QuantizerOutput]:
+        """ids: [M] unique item indices -> (z [M, D], quantizer output over M items)."""
+        if self.tokenizer_frozen:
+            with torch.no_grad():
+                z = self.encoder(ids)
+                return z, self.quantizer(z, step, explore=False)
+        z = self.encoder(ids)
+        return z, self.quantizer(z, step)
+
+    def tokenizer_losses(self, z: torch.Tensor, qo: QuantizerOutput, ids: torch.Tensor,
+                         max_rows: int = 512) -> dict[str, torch.Tensor]:
+        """Reconstruction, CoST and UniSID on up to ``max_rows`` of the batch's items, plus VQ terms."""
+        rows = torch.randperm(len(ids), device=ids.device)[:max_rows]
+        zq = qo.quantized[rows]
+        bag_w = self.encoder.bag.weight  # [buckets, D], tied output layer of the reconstruction
+        logits = self.recon(zq) @ bag_w.T  # [R, buckets]
+        toks = self.encoder.tokens[ids[rows]]  # [R, W]
+        target = torch.zeros_like(logits).scatter_add_(1, toks, torch.ones_like(toks, dtype=logits.dtype))
+        target[:, 0] = 0  # padding bucket
+        has = target.sum(1) > 0
+        recon = -(F.normalize(target[has], p=1, dim=1) * F.log_softmax(logits[has], -1)).sum(-1).mean() \
+            if has.any() else logits.new_zeros(())
+        tau = self.cfg.temperature_contrast
+        prefixes = qo.prefixes()[rows]  # [R, L, D]
+        levels = prefixes.shape[1]
+        cost = info_nce(z[rows], zq, tau)
+        unisid = sum(info_nce(z[rows], prefixes[:, l], tau) for l in range(levels - 1)) / max(levels - 1, 1) \
+            if levels > 1 else cost.new_zeros(())
+        vq = qo.losses
+        return {"codebook": vq["codebook"] + self.cfg.loss.commitment * vq["commitment"],
+                "balance": vq["balance"], "reconstruction": recon, "cost": cost, "unisid": unisid}
+
+    def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms for one batch; ``negatives`` [Nn] are shared sampled items."""
+        cfg = self.cfg
+        inp, tgt = batch.input, batch.target  # [B, T] each
+        has_in, has_tgt = inp > 0, tgt > 0
+        ids, inverse = torch.unique(torch.cat([inp[has_in], tgt[has_tgt], negatives]), return_inverse=True)
+        n_in, n_tgt = int(has_in.sum()), int(has_tgt.sum())
+        in_rows, tgt_rows = inverse[:n_in], inverse[n_in:n_in + n_tgt]
+        neg_rows = inverse[n_in + n_tgt:]
+        z, qo = self.quantize_items(ids, step)
+
+        x_items = self.item_in(qo.code_vecs.flatten(1))  # [M, D]
+        x = x_items.new_zeros(*inp.shape, x_items.shape[1])
+        x[has_in] = x_items[in_rows]
+        h = self.seq(x, ~has_in)[has_tgt]  # [P, D] states that have a next item
+
+        # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
+        terms: dict[str, torch.Tensor] = {}
+        s, gen = h, h.new_zeros(())
+        for level in range(cfg.levels):
+            logits = self.generator.logits(s, level, self.quantizer.codebooks)
+            gen = gen + -(qo.assign[tgt_rows, level] * F.log_softmax(logits, -1)).sum(-1).mean()
+            s = self.generator.advance(s, level, qo.code_vecs[tgt_rows, level])
+        if self.table is not None:
+            suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
+            gen = gen + F.cross_entropy(self.generator.logits(s, cfg.levels, self.quantizer.codebooks), suffix)
+        terms["generator"] = gen / (cfg.levels + 1)
+
+        if cfg.loss.ranker > 0:
+            u = self.ranker.user_state(h)  # [P, D]
+            v = self.ranker.item_vectors(qo.code_vecs, ids)  # [M, D]
+            pos = (u * v[tgt_rows]).sum(-1, keepdim=True)  # [P, 1]
+            neg = u @ v[neg_rows].T  # [P, Nn]
+            neg = neg.masked_fill(negatives[None, :] == tgt[has_tgt][:, None], float("-inf"))
+            if cfg.ranker_loss == "softmax":
+                terms["ranker"] = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(tgt_rows))
+            else:
+                finite = torch.isfinite(neg)
+                terms["ranker"] = F.softplus(-pos).mean() + (F.softplus(neg) * finite).sum() / finite.sum()
+
+        if not self.tokenizer_frozen:
+            terms.update(self.tokenizer_losses(z, qo, ids))
+            if cfg.schedule.strategy == "sdud":
+                terms["sdud"] = self.quantizer.sdud_loss(terms["generator"])
+        return terms
+
+    forward = losses  # so DDP wraps the loss computation
+
+    # -- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def item_codes(self, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic codes [N, L] and code vectors [N, L, D] of items 1..N."""
+        dev = self.quantizer.codebooks.device
+        codes, vecs = [], []
+        for start in range(1, self.num_items + 1, chunk):
+            ids = torch.arange(start, min(start + chunk, self.num_items + 1), device=dev)
+            qo = self.quantizer(self.encoder(ids), explore=False)
+            codes.append(qo.codes)
+            vecs.append(qo.code_vecs)
+        return torch.cat(codes), torch.cat(vecs)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Rebuild the SID table, the decoding trie and the item caches from the current parameters."""
+        codes, vecs = self.item_codes()
+        dev = vecs.device
+        self.table = SIDTable.from_codes(codes.cpu(), self.cfg.codes, self.cfg.max_suffix)
+        self.trie = Trie.from_table(self.table).to(dev)
+        ids = torch.arange(1, self.num_items + 1, device=dev)
+        pad = vecs.new_zeros(1, vecs.shape[-1])
+        self._item_inputs = torch.cat([pad, self.item_in(vecs.flatten(1))])
+        self._rank_vecs = torch.cat([pad, self.ranker.item_vectors(vecs, ids)])
+
+    def _ready(self) -> None:
+        if self._item_inputs is None or self.trie is None:
+            self.refresh()
+
+    def user_states(self, history: torch.Tensor) -> torch.Tensor:
+        """history: [B, T] left-padded -> state after the newest item [B, D]."""
+        self._ready()
+        x = self._item_inputs[history]
+        return self.seq(x, history == 0)[:, -1]
+
+    # StepDecoder protocol for beam search
+    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor:
+        return self.generator.logits(s, level, self.quantizer.codebooks)
+
+    def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor:
+        return self.generator.advance(s, level, self.quantizer.codebooks[level][tokens])
+
+    @torch.no_grad()
+    def retrieve(self, history: torch.Tensor, k: int, beam: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Constrained beam search: top-k items [B, k] and their log-probabilities."""
+        s0 = self.user_states(history)
+        return beam_search(self, s0, self.trie, beam=max(beam or k, k), k=k)
+
+    @torch.no_grad()
+    def rank(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Ranker scores [B, C] for candidate items [B, C] (0 = empty slot, scored -inf)."""
+        self._ready()
+        u = self.ranker.user_state(self.user_states(history))  # [B, D]
+        scores = (self._rank_vecs[candidates] * u[:, None]).sum(-1)
+        return scores.masked_fill(candidates == 0, float("-inf"))
+
+    @torch.no_grad()
+    def recommend(self, history: torch.Tensor, k: int, num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Retrieve ``num_candidates`` by beam search, re-score with the ranker, return the top k."""
+        cands, _ = self.retrieve(history, k=max(num_candidates, k))
+        scores = self.rank(history, cands)
+        top = scores.topk(min(k, cands.shape[1]), dim=1)
+        return cands.gather(1, top.indices), top.values

@@ -1,0 +1,45 @@
+"""The whole training run in one process, without Ray (tests, benchmarks, notebooks).
+
+    model, state, test = train_local(cfg, "data/synthetic")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raygr.config import Config
+from raygr.data.dataset import Dataset, load_dataset
+from raygr.data.split import EvalExamples, eval_examples
+from raygr.data.windows import iterate_windows, make_train_windows_csr
+from raygr.models.factory import build_model
+from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
+
+
+def eval_split(dataset: Dataset, cfg: Config, split: str, limit: int | None = None) -> EvalExamples:
+    """Validation/test examples; ``limit`` (or data.num_eval_users) takes a fixed seeded subset."""
+    ex = eval_examples(dataset.sequences, split, cfg.data.max_history)
+    limit = limit if limit is not None else cfg.data.num_eval_users
+    if limit and limit < len(ex):
+        ex = ex.subset(np.sort(np.random.default_rng(cfg.train.seed).choice(len(ex), limit, replace=False)))
+    return ex
+
+
+def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], None] = print,
+                device: str = "cpu") -> tuple[nn.Module, TrainState, dict[str, Any]]:
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    model = build_model(cfg, ds).to(device)
+    initialise(model, cfg, log)
+    steps = math.ceil(len(windows["input"]) / cfg.train.batch_size)
+    ctx = TrainContext.create(model, cfg, steps, device=device)
+    state = fit(ctx, lambda epoch: iterate_windows(windows, cfg.train.batch_size, cfg.train.seed, epoch),
+                eval_split(ds, cfg, "valid"), log=log)
+    torch.manual_seed(cfg.train.seed)
+    test = evaluate(model, eval_split(ds, cfg, "test", limit=0), cfg, device)
+    return model, state, test

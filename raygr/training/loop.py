@@ -1,0 +1,269 @@
+"""Training and evaluation without Ray: ``fit``, ``train_step``, ``evaluate``.
+
+    model = build_model(cfg, dataset); initialise(model, cfg)
+    state = fit(TrainContext.create(model, cfg, steps_per_epoch), dataset_batches, valid)
+
+``fit`` takes any callable ``epoch -> iterable of {"input", "target"} batches`` (the in-process
+``iterate_windows`` or Ray Data's ``iter_torch_batches``) and an ``on_epoch_end`` hook that the Ray
+layer uses to checkpoint and report; it never imports ray.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raygr.config import Config
+from raygr.data.split import EvalExamples
+from raygr.metrics import DEFAULT_KS, decoding_health, metrics_from_ranks, ranks_from_lists, ranks_from_scores
+from raygr.models.joint import GenerativeRecommender
+from raygr.models.schedules import lr_factor, noise_scale, temperature
+from raygr.training.batch import TrainBatch
+from raygr.training.enhancer import HardNegativeMiner
+from raygr.training.weighting import LossWeighter
+
+TARGET_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    samples: int = 0  # training rows seen
+    train_seconds: float = 0.0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainState:
+        return cls(**dict(d))
+
+
+@dataclass
+class TrainContext:
+    model: nn.Module  # the module to call for losses (may be DDP-wrapped)
+    core: nn.Module  # the unwrapped model (inference, refresh, mining)
+    cfg: Config
+    optimizer: torch.optim.Optimizer
+    weighter: LossWeighter
+    miner: HardNegativeMiner
+    total_steps: int
+    device: torch.device = torch.device("cpu")
+    verbose: bool = True
+
+    @classmethod
+    def create(cls, model: nn.Module, cfg: Config, steps_per_epoch: int, *, core: nn.Module | None = None,
+               device: torch.device | str = "cpu", verbose: bool = True) -> TrainContext:
+        core = core or model
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        shared = core.seq.shared_parameters()
+        m = cfg.model
+        miner = HardNegativeMiner(core.num_items, m.num_negatives, m.hard_negatives, m.enhancer_every)
+        return cls(model, core, cfg, opt, LossWeighter(m, shared), miner,
+                   total_steps=max(1, steps_per_epoch * cfg.train.epochs), device=torch.device(device),
+                   verbose=verbose)
+
+
+def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print) -> None:
+    """Before the first step: k-means codebooks (joint) or the content-only tokenizer stage (tiger)."""
+    if not isinstance(model, GenerativeRecommender):
+        return
+    if cfg.model.preset == "tiger":
+        fit_tokenizer(model, cfg, log)
+        model.freeze_tokenizer()
+    elif cfg.model.init == "kmeans":
+        with torch.no_grad():
+            ids = torch.arange(1, model.num_items + 1, device=model.quantizer.codebooks.device)
+            model.quantizer.init_kmeans(model.encoder(ids), seed=cfg.train.seed)
+    model.refresh()
+
+
+def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str], None] = print) -> None:
+    """TIGER's first stage: train encoder + quantizer on item content alone (reconstruction, VQ)."""
+    dev = model.quantizer.codebooks.device
+    ids_all = torch.arange(1, model.num_items + 1, device=dev)
+    with torch.no_grad():
+        model.quantizer.init_kmeans(model.encoder(ids_all), seed=cfg.train.seed)
+    params = list(model.encoder.parameters()) + list(model.quantizer.parameters()) + list(model.recon.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr)
+    g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+    bs = 512
+    w = cfg.model.loss
+    step = 0
+    model.train()
+    for epoch in range(cfg.train.tokenizer_epochs):
+        perm = ids_all[torch.randperm(len(ids_all), generator=g).to(dev)]
+        total = 0.0
+        for start in range(0, len(perm), bs):
+            ids = perm[start:start + bs]
+            z = model.encoder(ids)
+            qo = model.quantizer(z, step)
+            t = model.tokenizer_losses(z, qo, ids)
+            loss = (w.codebook * t["codebook"] + w.reconstruction * t["reconstruction"] + w.balance * t["balance"]
+                    + w.cost * t["cost"] + w.unisid * t["unisid"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            step += 1
+        log(f"tokenizer epoch {epoch + 1}: loss {total / max(1, math.ceil(len(perm) / bs)):.4f}")
+
+
+def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, float]:
+    """One optimisation step; returns the unweighted terms, the total, the lr and the schedules."""
+    cfg = ctx.cfg
+    ctx.model.train()
+    lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, ctx.total_steps)
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    negatives = ctx.miner.negatives(batch.input.device)
+    terms = ctx.model(batch, step, negatives)
+    total, weights = ctx.weighter.combine(terms, step)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.train.grad_clip)
+    ctx.optimizer.step()
+    mined = ctx.miner.maybe_mine(ctx.core, batch, step)
+    out = {k: float(v.detach()) for k, v in terms.items()}
+    out.update(loss=float(total.detach()), lr=lr, tau=temperature(cfg.model.schedule, step),
+               sigma=noise_scale(cfg.model.schedule, step), mined=mined)
+    if "ranker" in weights:
+        out["w_ranker"] = weights["ranker"]
+        out["w_generator"] = weights["generator"]
+    return out
+
+
+@torch.no_grad()
+def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
+                     device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """0-based target ranks per mode: ``main`` (what the preset serves) and ``retrieval_only``.
+
+    Also returns the retrieved lists' invalid/duplicate counts as ``decoding`` [2] (sums).
+    """
+    model.eval()
+    model.refresh()
+    kmax = max(DEFAULT_KS)
+    bs = cfg.train.eval_batch_size
+    main, retrieval, bad = [], [], np.zeros(2)
+    for start in range(0, len(examples), bs):
+        hist = torch.from_numpy(examples.history[start:start + bs]).to(device)
+        tgt = torch.from_numpy(examples.target[start:start + bs]).to(device)
+        if not isinstance(model, GenerativeRecommender):
+            ranks = ranks_from_scores(model.scores(hist), tgt)
+            main.append(ranks)
+            retrieval.append(ranks)
+            continue
+        items, _ = model.retrieve(hist, k=kmax, beam=max(cfg.train.beam_size, kmax))
+        retrieval.append(ranks_from_lists(items, tgt))
+        h = decoding_health(items.cpu().numpy(), model.num_items)
+        bad += np.array([h["invalid_rate"], h["duplicate_rate"]]) * items.numel()
+        if cfg.model.loss.ranker > 0:
+            rec, _ = model.recommend(hist, k=kmax, num_candidates=cfg.train.num_candidates)
+            main.append(ranks_from_lists(rec, tgt))
+        else:
+            main.append(retrieval[-1])
+    return {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad}
+
+
+def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
+    out: dict[str, Any] = metrics_from_ranks(ranks["main"])
+    out["retrieval_only"] = metrics_from_ranks(ranks["retrieval_only"])
+    out["decoding"] = {"invalid_rate": float(ranks["decoding"][0] / max(num_slots, 1)),
+                       "duplicate_rate": float(ranks["decoding"][1] / max(num_slots, 1))}
+    out["num_users"] = int(len(ranks["main"]))
+    return out
+
+
+def evaluate(model: nn.Module, examples: EvalExamples, cfg: Config, device: torch.device | str = "cpu"
+             ) -> dict[str, Any]:
+    """Metrics of the preset's main output, retrieval-only metrics and decoding health."""
+    ranks = evaluation_ranks(model, examples, cfg, device)
+    return summarise(ranks, len(examples) * max(DEFAULT_KS))
+
+
+def codebook_health(model: nn.Module) -> dict[str, Any]:
+    from raygr.metrics import code_health
+    if not isinstance(model, GenerativeRecommender):
+        return {}
+    if model.table is None:
+        model.refresh()
+    h = code_health(model.table.codes[1:].numpy(), model.cfg.codes)
+    h["unreachable_items"] = int((~model.table.reachable()[1:]).sum())
+    return h
+
+
+def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, Any]]],
+        valid: EvalExamples | None, *, state: TrainState | None = None,
+        evaluate_fn: Callable[[], dict[str, Any]] | None = None,
+        on_epoch_end: Callable[[TrainState, dict[str, Any], bool], None] | None = None,
+        log: Callable[[str], None] = print) -> TrainState:
+    """Train for ``cfg.train.epochs`` epochs from ``state``; validate, early-stop, call the hook.
+
+    ``on_epoch_end(state, record, is_best)`` runs after each epoch's validation (checkpointing).
+    ``evaluate_fn`` replaces the local validation (the Ray layer evaluates a shard per worker).
+    """
+    cfg = ctx.cfg
+    state = state or TrainState()
+    evaluate_fn = evaluate_fn or (lambda: evaluate(ctx.core, valid, cfg, ctx.device))
+    while state.epoch < cfg.train.epochs and not state.stopped_early:
+        epoch = state.epoch
+        if isinstance(ctx.core, GenerativeRecommender):
+            ctx.core.refresh()  # suffix targets follow the current codes
+        sums: dict[str, float] = {}
+        n_steps, t0, last_log = 0, time.perf_counter(), time.perf_counter()
+        for raw in train_batches(epoch):
+            batch = TrainBatch.from_mapping(raw, ctx.device)
+            out = train_step(ctx, batch, state.step)
+            state.step += 1
+            n_steps += 1
+            state.samples += batch.input.shape[0]
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if ctx.verbose and cfg.train.log_every and state.step % cfg.train.log_every == 0:
+                now = time.perf_counter()
+                rate = cfg.train.log_every * batch.input.shape[0] / max(now - last_log, 1e-9)
+                eta = (ctx.total_steps - state.step) * (now - t0) / max(n_steps, 1)
+                log(f"epoch {epoch + 1}/{cfg.train.epochs} step {state.step}/{ctx.total_steps} "
+                    f"loss {out['loss']:.4f} gen {out.get('generator', 0):.4f} rank {out.get('ranker', 0):.4f} "
+                    f"| {rate:.0f} samples/s | ETA {eta / 60:.1f} min")
+                last_log = now
+        elapsed = time.perf_counter() - t0
+        state.train_seconds += elapsed
+        metrics = evaluate_fn()
+        record = {"epoch": epoch + 1, "step": state.step, "train_s": elapsed,
+                  "samples_per_s": (n_steps * cfg.train.batch_size) / max(elapsed, 1e-9),
+                  "train": {k: v / max(n_steps, 1) for k, v in sums.items()}, "valid": metrics,
+                  "codebook": codebook_health(ctx.core)}
+        score = metrics[TARGET_METRIC]
+        is_best = score > state.best_metric
+        if is_best:
+            state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= cfg.train.patience
+        state.epoch = epoch + 1
+        state.history.append(record)
+        if ctx.verbose:
+            util = record["codebook"].get("utilization")
+            log(f"epoch {epoch + 1}: loss {record['train'].get('loss', 0):.4f} | valid ndcg@10 {score:.4f} "
+                f"recall@10 {metrics['recall@10']:.4f} | {record['samples_per_s']:.0f} samples/s"
+                + (f" | code util {[round(u, 2) for u in util]}" if util else "")
+                + (" | best" if is_best else ""))
+        if on_epoch_end is not None:
+            on_epoch_end(state, record, is_best)
+    return state
