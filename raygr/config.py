@@ -50,7 +50,7 @@ class ScheduleConfig:
     tau_end: float = 0.1
     sigma_start: float = 1.0  # Gumbel noise scale at step 0
     sigma_end: float = 0.0
-    horizon_steps: int = 3000  # steps over which the decay runs; constant afterwards
+    horizon_steps: int = 0  # steps over which the decay runs, then constant; 0 = half the run's steps
     exp_rate: float = 5.0  # exponential: value = end + (start-end)*exp(-rate*t)
     sdud_lambda: float = 0.1  # SDUD: floor lambda in L/(2(|s|+l)^2) + log(|s|+l)
     frqud_threshold: float = 2.0  # FrqUD: a code is over-used above threshold x the uniform frequency
@@ -59,7 +59,7 @@ class ScheduleConfig:
     def validate(self) -> None:
         _check(self.tau_end > 0 and self.tau_start > 0, "model.schedule.tau_start/tau_end", "must be > 0")
         _check(self.sigma_start >= 0 and self.sigma_end >= 0, "model.schedule.sigma_*", "must be >= 0")
-        _check(self.horizon_steps >= 1, "model.schedule.horizon_steps", "must be >= 1")
+        _check(self.horizon_steps >= 0, "model.schedule.horizon_steps", "must be >= 0 (0 = half the run)")
         _check(self.sdud_lambda > 0, "model.schedule.sdud_lambda", "must be > 0")
         _check(self.frqud_threshold > 0, "model.schedule.frqud_threshold", "must be > 0")
         _check(0 <= self.frqud_momentum < 1, "model.schedule.frqud_momentum", "must be in [0, 1)")
@@ -98,6 +98,10 @@ class ModelConfig:
     init: Literal["kmeans", "batch"] = "kmeans"
     dead_code_steps: int = 200  # a code unused this many steps is re-seeded from the batch
     temperature_contrast: float = 0.1  # InfoNCE temperature of CoST / UniSID
+    # How much of the generator CE's gradient flows into the target's code assignment (0..1). At 1
+    # the CE alone can be lowered by mapping items onto a few easy codes (collapse); the target's
+    # code vectors and the history items reach the tokenizer through the straight-through path anyway.
+    target_assign_grad: float = 0.0
     ranker_loss: Literal["softmax", "bce"] = "softmax"
     num_negatives: int = 128  # sampled negatives of the ranker
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
@@ -121,6 +125,7 @@ class ModelConfig:
         _check(self.hard_negatives >= 0, "model.hard_negatives", "must be >= 0")
         _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
         _check(self.temperature_contrast > 0, "model.temperature_contrast", "must be > 0")
+        _check(0 <= self.target_assign_grad <= 1, "model.target_assign_grad", "must be in [0, 1]")
         self.schedule.validate()
         self.loss.validate()
 

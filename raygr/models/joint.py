@@ -129,7 +129,9 @@ class GenerativeRecommender(nn.Module):
         s, gen = h, h.new_zeros(())
         for level in range(cfg.levels):
             logits = self.generator.logits(s, level, self.quantizer.codebooks)
-            gen = gen + -(qo.assign[tgt_rows, level] * F.log_softmax(logits, -1)).sum(-1).mean()
+            a = qo.assign[tgt_rows, level]
+            a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
+            gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
             s = self.generator.advance(s, level, qo.code_vecs[tgt_rows, level])
         if self.table is not None:
             suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)

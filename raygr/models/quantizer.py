@@ -1,7 +1,7 @@
 """Differentiable residual quantizer: L levels x K codes, Gumbel-softmax with straight-through codes.
 
 Per level, with residual r (the item vector z at level 0):
-    logits = -||r - c_k||^2                      distances to the level's K codes
+    logits = -standardise(||r - c_k||^2)         distances to the level's K codes, per-row z-scored
     soft   = softmax((logits + sigma * g) / tau)  g ~ Gumbel, sigma and tau from the schedule
     hard   = argmax(logits + sigma * g)           exploration: noise can pick another code
     assign = onehot(hard) - sg(soft) + soft       forward: the hard code; backward: the soft one
@@ -81,7 +81,9 @@ class ResidualQuantizer(nn.Module):
         codebook_loss = commit_loss = balance = z.new_zeros(())
         for level in range(self.levels):
             C = self.codebooks[level]  # [K, D]
-            logits = -(r.pow(2).sum(-1, keepdim=True) - 2 * r @ C.T + C.pow(2).sum(-1)[None])  # [M, K]
+            dist = r.pow(2).sum(-1, keepdim=True) - 2 * r @ C.T + C.pow(2).sum(-1)[None]  # [M, K]
+            # Standardised per row, so that sigma and tau mean the same whatever the scale of z.
+            logits = -(dist - dist.mean(-1, keepdim=True)) / (dist.detach().std(-1, keepdim=True) + 1e-6)
             noisy = logits
             if explore:
                 clean = logits.argmax(-1)

@@ -39,6 +39,7 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.pos = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.pos.weight, std=0.02)  # the default N(0, 1) would drown the item inputs
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)

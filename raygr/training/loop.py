@@ -10,6 +10,7 @@ layer uses to checkpoint and report; it never imports ray.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -68,14 +69,26 @@ class TrainContext:
     def create(cls, model: nn.Module, cfg: Config, steps_per_epoch: int, *, core: nn.Module | None = None,
                device: torch.device | str = "cpu", verbose: bool = True) -> TrainContext:
         core = core or model
+        total = max(1, steps_per_epoch * cfg.train.epochs)
+        cfg = resolve_horizon(cfg, total)
+        if isinstance(core, GenerativeRecommender):
+            core.quantizer.schedule = cfg.model.schedule
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         shared = core.seq.shared_parameters()
         m = cfg.model
         miner = HardNegativeMiner(core.num_items, m.num_negatives, m.hard_negatives, m.enhancer_every)
         return cls(model, core, cfg, opt, LossWeighter(m, shared), miner,
-                   total_steps=max(1, steps_per_epoch * cfg.train.epochs), device=torch.device(device),
+                   total_steps=total, device=torch.device(device),
                    verbose=verbose)
+
+
+def resolve_horizon(cfg: Config, total_steps: int) -> Config:
+    """``model.schedule.horizon_steps = 0`` means half of this run's optimisation steps."""
+    if cfg.model.schedule.horizon_steps:
+        return cfg
+    sched = dataclasses.replace(cfg.model.schedule, horizon_steps=max(1, total_steps // 2))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, schedule=sched))
 
 
 def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print) -> None:
@@ -118,7 +131,7 @@ def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             step += 1
         log(f"tokenizer epoch {epoch + 1}: loss {total / max(1, math.ceil(len(perm) / bs)):.4f}")
 

@@ -1,0 +1,51 @@
+import pytest
+
+from raygr.config import ConfigError, config_to_dict, dump_config, load_config, replace
+
+
+def test_defaults_are_the_joint_preset():
+    cfg = load_config(None)
+    assert cfg.model.preset == "joint" and cfg.model.levels == 3 and cfg.model.codes == 256
+
+
+def test_yaml_file_and_dotted_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  preset: tiger\n  dim: 32\ntrain:\n  epochs: 3\n")
+    cfg = load_config(f, ["train.epochs=7", "model.schedule.strategy=sdud", "train.use_gpu=true"])
+    assert (cfg.model.preset, cfg.model.dim, cfg.train.epochs) == ("tiger", 32, 7)
+    assert cfg.model.schedule.strategy == "sdud" and cfg.train.use_gpu is True
+    assert cfg.model.loss.ranker == 0.0  # the tiger preset's own default
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["model.levels=4", "tune.space={train.lr: {loguniform: [0.0001, 0.01]}}"])
+    dump_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+    assert replace(cfg, ["train.epochs=2"]).train.epochs == 2
+    assert config_to_dict(cfg)["model"]["levels"] == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.levelz=3", "unknown config key 'model.levelz'"),
+    ("model.schedule.strategy=foo", "allowed values: constant, linear, exponential, cosine, sdud, frqud"),
+    ("train.epochs=abc", "'train.epochs' must be an integer"),
+    ("model.dim=33", "divisible by model.num_heads"),
+    ("model.preset=bert4rec", "allowed values: joint, tiger, sasrec"),
+    ("train.use_gpu=maybe", "must be true or false"),
+    ("nosection=1", "unknown config key 'nosection'"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    f = tmp_path / "bad.yaml"
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(f)
+    f.write_text("train:\n  epochs: -1\n")
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be >= 1 \(in .*bad.yaml\)"):
+        load_config(f)

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from raygr.config import ScheduleConfig
+from raygr.models.quantizer import ResidualQuantizer
+from raygr.models.schedules import decay, lr_factor, noise_scale, temperature
+
+
+@pytest.mark.parametrize("shape", ["linear", "exponential", "cosine"])
+def test_decays_go_from_start_to_end_monotonically(shape):
+    values = [decay(shape, 1.0, 0.1, s, horizon=100) for s in range(0, 130, 5)]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+    assert decay(shape, 1.0, 0.1, 100, 100) == decay(shape, 1.0, 0.1, 10_000, 100)  # flat after horizon
+
+
+def test_shapes_differ_where_intended():
+    assert decay("linear", 1, 0, 50, 100) == pytest.approx(0.5)
+    assert decay("cosine", 1, 0, 50, 100) == pytest.approx(0.5)
+    assert decay("cosine", 1, 0, 10, 100) > decay("linear", 1, 0, 10, 100)  # slow start
+    assert decay("exponential", 1, 0, 10, 100) < decay("linear", 1, 0, 10, 100)  # fast start
+    assert decay("constant", 1, 0, 50, 100) == 1
+    cfg = ScheduleConfig(strategy="linear", tau_start=2, tau_end=1, sigma_start=1, sigma_end=0, horizon_steps=10)
+    assert (temperature(cfg, 5), noise_scale(cfg, 5)) == (pytest.approx(1.5), pytest.approx(0.5))
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(100, 10, 100) == pytest.approx(0.05)
+    assert temperature(cfg, 3) == temperature(cfg, 3)  # pure: no hidden state
+
+
+def test_sdud_scale_moves_with_the_uncertainty_loss():
+    q = ResidualQuantizer(2, 8, 4, ScheduleConfig(strategy="sdud", sigma_start=1.0, sdud_lambda=0.1))
+    opt = torch.optim.SGD([q.sdud_scale], lr=0.1)
+    before = q.sdud_scale.detach().clone()
+    for _ in range(50):
+        loss = q.sdud_loss(torch.tensor(0.04))  # optimum: |s| + lambda = sqrt(0.04) -> |s| = 0.1
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (q.sdud_scale.detach() < before).all()
+    assert q.sdud_scale.detach().abs() == pytest.approx(torch.full((2,), 0.1), abs=0.03)
+
+
+def test_frqud_adds_noise_only_to_over_used_codes():
+    torch.manual_seed(0)
+    q = ResidualQuantizer(1, 4, 2, ScheduleConfig(strategy="frqud", sigma_start=5.0, frqud_threshold=2.0))
+    q.code_freq[0] = torch.tensor([0.9, 0.05, 0.03, 0.02])  # code 0 over-used (> 2/4)
+    clean = torch.tensor([0, 1, 2, 3, 0])
+    sigma = q.sigma(0, step=0, clean=clean)
+    assert sigma.squeeze(1).tolist() == [5.0, 0.0, 0.0, 0.0, 5.0]
+    # End to end: samples whose clean code is not over-used keep it, whatever the noise.
+    z = q.codebooks[0].detach()[[1, 2, 3]] + 0.001
+    q.train()
+    for _ in range(5):
+        assert q(z, step=0).codes[:, 0].tolist() == [1, 2, 3]
+
+
+def test_straight_through_forward_is_hard_and_backward_reaches_codebooks_and_input():
+    q = ResidualQuantizer(3, 8, 4, ScheduleConfig(strategy="constant", sigma_start=0.0))
+    z = torch.randn(16, 4, requires_grad=True)
+    out = q(z, step=0)
+    assert torch.allclose(out.assign.sum(-1), torch.ones(16, 3))
+    assert set(out.assign.detach().unique().tolist()) <= {0.0, 1.0}
+    chosen = torch.stack([q.codebooks[l][out.codes[:, l]] for l in range(3)], 1)
+    assert torch.allclose(out.code_vecs, chosen, atol=1e-6)
+    out.code_vecs.pow(2).sum().backward()
+    assert z.grad.abs().sum() > 0 and (q.codebooks.grad.abs().sum((1, 2)) > 0).all()
+
+
+def test_kmeans_init_and_dead_code_revival():
+    torch.manual_seed(0)
+    q = ResidualQuantizer(2, 4, 2, ScheduleConfig())
+    z = torch.cat([torch.randn(50, 2) * 0.1 + c for c in torch.tensor([[5., 5.], [-5., 5.], [5., -5.], [-5., -5.]])])
+    q.init_kmeans(z)
+    assert q.encode(z)[:, 0].unique().numel() == 4
+    q.last_used.zero_()
+    assert q.revive_dead_codes(z, step=1000, max_idle=10, seed=0) == 8
+    assert not math.isnan(float(q.codebooks.detach().sum()))
