@@ -6,8 +6,14 @@ import torch
 
 from raygr.data.dataset import SequenceData
 from raygr.data.split import eval_examples, training_item_counts
-from raygr.metrics import (code_health, decoding_health, metrics_from_ranks, popularity_ranking,
-                           ranks_from_lists, ranks_from_scores)
+from raygr.metrics import (
+    code_health,
+    decoding_health,
+    metrics_from_ranks,
+    popularity_ranking,
+    ranks_from_lists,
+    ranks_from_scores,
+)
 
 
 def seqs(*rows):

@@ -171,7 +171,7 @@ def write_dataset(out_dir: str | Path, items: ItemTable, seqs: SequenceData, *, 
     out = Path(out_dir).resolve()
     validate_contents(items, seqs, where=str(source.get("input", out)))
     num_shards = max(1, min(num_shards, seqs.num_users))
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -193,7 +193,7 @@ def write_dataset(out_dir: str | Path, items: ItemTable, seqs: SequenceData, *, 
             "has_dense": items.dense is not None,
             "source": source,
         })
-        _swap_into_place(tmp, out, manifest, overwrite)
+        swap_into_place(tmp, out, manifest, overwrite)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +211,7 @@ def finish_manifest(tmp: Path, fields: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DatasetError(f"output {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -220,7 +220,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
                                "choose an empty or new directory")
 
 
-def _swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+def swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
         if old.get("fingerprint") != manifest["fingerprint"] and not overwrite:
