@@ -48,7 +48,7 @@ class ScheduleConfig:
     strategy: DecayStrategy = "cosine"
     tau_start: float = 1.0
     tau_end: float = 0.1
-    sigma_start: float = 1.0  # Gumbel noise scale at step 0
+    sigma_start: float = 0.5  # Gumbel noise scale at step 0 (logits are z-scored distances)
     sigma_end: float = 0.0
     horizon_steps: int = 0  # steps over which the decay runs, then constant; 0 = half the run's steps
     exp_rate: float = 5.0  # exponential: value = end + (start-end)*exp(-rate*t)
@@ -76,7 +76,7 @@ class LossWeights:
     reconstruction: float = 0.5  # item content rebuilt from its SID
     cost: float = 0.1  # CoST: InfoNCE item embedding <-> quantized reconstruction
     unisid: float = 0.1  # UniSID: InfoNCE at every level's prefix
-    balance: float = 0.01  # code-balance (entropy of the batch code distribution)
+    balance: float = 0.3  # code-balance: KL(batch code distribution || uniform)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -91,7 +91,8 @@ class ModelConfig:
     num_heads: int = 2
     dropout: float = 0.2
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
-    use_item_id: bool = False  # add an item-ID embedding to the content encoder / ranker
+    use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
+    ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID
     levels: int = 3  # SID levels L
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)

@@ -8,12 +8,13 @@ from raygr.config import Config, load_config
 from raygr.data.dataset import Dataset, load_dataset, write_dataset
 from raygr.data.synthetic import generate
 
-TINY = ["model.dim=32", "model.codes=32", "model.num_negatives=32", "model.enhancer_every=10",
+TINY = ["model.dim=32", "model.codes=32", "model.token_buckets=2048", "model.num_negatives=32",
+        "model.enhancer_every=10",
         "train.batch_size=64", "train.log_every=0", "train.tokenizer_epochs=3", "train.warmup_steps=20"]
 
 
-def tiny_dataset(root: Path, num_users: int = 600, num_items: int = 80, seed: int = 0) -> Dataset:
-    items, seqs = generate(num_users=num_users, num_items=num_items, seed=seed)
+def tiny_dataset(root: Path, num_users: int = 600, num_items: int = 80, seed: int = 0, **kw) -> Dataset:
+    items, seqs = generate(num_users=num_users, num_items=num_items, seed=seed, **kw)
     write_dataset(root / "tiny", items, seqs, source={"format": "synthetic", "seed": seed}, num_shards=2)
     return load_dataset(root / "tiny")
 

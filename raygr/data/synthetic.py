@@ -32,7 +32,8 @@ def _cluster_words(rng: np.random.Generator, num_clusters: int, words_per_cluste
 
 def generate(num_users: int = 2000, num_items: int = 500, seed: int = 0, *, num_clusters: int | None = None,
              avg_len: float = 10.0, min_len: int = 5, max_len: int = 50, successor_prob: float = 0.5,
-             follow_prob: float = 0.35, token_noise: float = 0.2) -> tuple[ItemTable, SequenceData]:
+             follow_prob: float = 0.35, token_noise: float = 0.2, popularity_exponent: float = 0.8
+             ) -> tuple[ItemTable, SequenceData]:
     """Generate ``(items, sequences)`` (items 1-based in the sequences).
 
     Args:
@@ -40,6 +41,7 @@ def generate(num_users: int = 2000, num_items: int = 500, seed: int = 0, *, num_
         follow_prob: chance it is drawn (by popularity) from a cluster the chain leads to.
         The remainder is a popularity-weighted random item (noise).
         token_noise: chance each content word comes from a random cluster instead of the item's own.
+        popularity_exponent: item popularity ~ 1 / rank**exponent (0 = uniform).
     """
     if num_items < 4 or num_users < 1:
         raise ValueError("synthetic data needs num_items >= 4 and num_users >= 1")
@@ -52,7 +54,7 @@ def generate(num_users: int = 2000, num_items: int = 500, seed: int = 0, *, num_
     # Items: cluster, sub-cluster, popularity (Zipf-like over a random order).
     cluster = rng.permutation(np.arange(num_items) % C)  # balanced clusters
     sub = rng.integers(0, 4, size=num_items)
-    pop = 1.0 / np.power(rng.permutation(num_items) + 1.0, 0.8)
+    pop = 1.0 / np.power(rng.permutation(num_items) + 1.0, popularity_exponent)
 
     # Cluster chain: each cluster leads to three others with fixed probabilities.
     nxt = np.stack([rng.choice(np.delete(np.arange(C), c), size=3, replace=False) for c in range(C)])  # [C, 3]

@@ -27,7 +27,10 @@ class CodeGenerator(nn.Module):
         q = self.query[level](s)
         if level == self.levels:
             return q @ self.suffix.weight.T
-        return q @ codebooks[level].T + self.bias[level]
+        C = codebooks[level]
+        # Deeper residual codebooks are small: unit RMS gives every level the same logit range.
+        C = C / C.pow(2).mean().sqrt().clamp_min(1e-6)
+        return q @ C.T + self.bias[level]
 
     def advance(self, s: torch.Tensor, level: int, code_vec: torch.Tensor) -> torch.Tensor:
         """State after choosing the level's code whose vector is ``code_vec`` [..., D]."""

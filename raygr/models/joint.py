@@ -49,7 +49,7 @@ class GenerativeRecommender(nn.Module):
         self.item_in = nn.Linear(L * D, D)  # history item = level-wise projection of its L code vectors
         self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history)
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix)
-        self.ranker = Ranker(D, L, num_items, cfg.use_item_id)
+        self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id)
         self.recon = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, D))  # SID -> content (tied bag)
         self.table: SIDTable | None = None
         self.trie: Trie | None = None

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -38,8 +39,16 @@ def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], Non
     initialise(model, cfg, log)
     steps = math.ceil(len(windows["input"]) / cfg.train.batch_size)
     ctx = TrainContext.create(model, cfg, steps, device=device)
+    best: dict[str, Any] = {}
+
+    def keep_best(state: TrainState, record: dict[str, Any], is_best: bool) -> None:
+        if is_best:  # the test split is scored with the best validation epoch, as in the Ray path
+            best.update(copy.deepcopy(model.state_dict()))
+
     state = fit(ctx, lambda epoch: iterate_windows(windows, cfg.train.batch_size, cfg.train.seed, epoch),
-                eval_split(ds, cfg, "valid"), log=log)
+                eval_split(ds, cfg, "valid"), on_epoch_end=keep_best, log=log)
+    if best:
+        model.load_state_dict(best)
     torch.manual_seed(cfg.train.seed)
     test = evaluate(model, eval_split(ds, cfg, "test", limit=0), cfg, device)
     return model, state, test

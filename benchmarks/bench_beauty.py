@@ -1,0 +1,81 @@
+"""The Amazon Beauty benchmark: every preset through the Ray Train path, one table with published numbers.
+
+    python benchmarks/bench_beauty.py [--presets joint,tiger,sasrec] [--epochs 20] [--workers 1]
+
+Protocol (../shared/docs/BENCHMARKS.md): leave-one-out, full ranking over all 12,101 items, history
+not masked, history cap 20, best epoch by validation NDCG@10, test reported once. Each preset gets
+the same epoch budget; runs go to --runs (outside the repository) and resume if re-run. Writes
+benchmarks/results/beauty.json and prints a markdown table for docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, SHARED_DATA, prepared, write_result
+
+ROOT_CONFIGS = ROOT / "jobs" / "configs"
+
+PUBLISHED = [  # R@5, N@5, R@10, N@10 (BENCHMARKS.md)
+    ("SASRec (as reported by TIGER)", (.0387, .0249, .0605, .0318)),
+    ("TIGER (paper)", (.0454, .0321, .0648, .0384)),
+    ("TIGER (independent re-run, genrec)", (.0419, .0282, .0644, .0354)),
+    ("SASRec full cross-entropy (genrec)", (.0538, .0320, .0851, .0421)),
+    ("HSTU cross-entropy (genrec)", (.0568, .0347, .0859, .0441)),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="joint,tiger,sasrec")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="extra overrides for every preset")
+    ap.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "raygr-bench" / "runs"))
+    args = ap.parse_args()
+    source = SHARED_DATA / "amazon-beauty"
+    if not source.is_dir():
+        raise SystemExit(f"{source} is not there: this benchmark needs the shared Amazon Beauty data")
+    data = prepared("beauty", "s3rec", source, Path(args.runs).parent)
+
+    from raygr.config import load_config
+    from raygr.distributed.session import ray_session
+    from raygr.distributed.train import run_training
+
+    rows = {}
+    with ray_session(None):
+        for preset in args.presets.split(","):
+            shipped = ROOT_CONFIGS / f"beauty_{preset}.yaml"
+            cfg = load_config(shipped if shipped.is_file() else None,
+                              [f"model.preset={preset}", f"train.epochs={args.epochs}",
+                               f"train.num_workers={args.workers}", *args.set])
+            t0 = time.perf_counter()
+            metrics = run_training(cfg, data, Path(args.runs) / f"beauty-{preset}", log=lambda m: print(m, flush=True))
+            metrics["bench_wall_s"] = time.perf_counter() - t0
+            rows[preset] = metrics
+    write_result("beauty", {"epochs": args.epochs, "workers": args.workers, "overrides": args.set, "runs": rows})
+    print(markdown(rows))
+
+
+def markdown(rows: dict) -> str:
+    lines = ["| model | R@5 | N@5 | R@10 | N@10 | budget |", "|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        t = m["test"]
+        tr = m.get("train", {})
+        budget = f"{tr.get('epochs')} epochs (best {tr.get('best_epoch')}), {tr.get('wall_s', 0) / 60:.0f} min"
+        lines.append(f"| raygr `{name}` | {t['recall@5']:.4f} | {t['ndcg@5']:.4f} | {t['recall@10']:.4f} | "
+                     f"{t['ndcg@10']:.4f} | {budget} |")
+    if rows:
+        pop = next(iter(rows.values()))["baselines"]["popularity"]
+        lines.append(f"| popularity | {pop['recall@5']:.4f} | {pop['ndcg@5']:.4f} | {pop['recall@10']:.4f} | "
+                     f"{pop['ndcg@10']:.4f} | — |")
+    for name, (r5, n5, r10, n10) in PUBLISHED:
+        lines.append(f"| {name} (published) | {r5:.4f} | {n5:.4f} | {r10:.4f} | {n10:.4f} | — |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
