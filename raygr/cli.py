@@ -17,15 +17,18 @@ import sys
 
 from raygr.config import ConfigError
 from raygr.data.dataset import DatasetError
+from raygr.training.checkpoint import CheckpointError, RunDirError
 
 # (module, function adding the subparsers) — each registers its own commands.
 _COMMAND_MODULES = [
     ("raygr.data.commands", "add_commands"),
     ("raygr.training.commands", "add_commands"),
     ("raygr.distributed.commands", "add_commands"),
+    ("raygr.distributed.demo", "add_commands"),
 ]
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError, RunDirError,
+                                               FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

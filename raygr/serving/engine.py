@@ -1,0 +1,116 @@
+"""Batched model inference for serving: what the Retriever and Ranker replicas run on each batch.
+
+    sm = load_serving_model("runs/joint", "datasets/beauty")          # the default loader
+    retrieved = retrieve_batch(sm, [[3, 7], [5]], widths=[50, 50])  # one (items, scores) per request
+    scores = rank_batch(sm, [[3, 7], [5]], [[12, 40], [9, 2, 8]])   # one score list per request
+
+Each request gets exactly what the model gives it alone (``model.retrieve(history, k=width)``):
+histories are left-padded to the model's ``data.max_history`` as in training, and requests of one
+batch that ask for different retrieval widths run as separate sub-batches, because beam search with
+a wider beam may find other items. No Ray here: the deployments in ``raygr.distributed.serve`` wrap
+these functions in ``@serve.batch`` and stay thin.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from raygr.config import Config
+from raygr.data.dataset import load_dataset
+from raygr.data.split import left_pad
+from raygr.serving.pipeline import Retrieved
+from raygr.training.checkpoint import CheckpointInfo, load_model
+
+
+@dataclass
+class ServingModel:
+    """A loaded checkpoint, ready for inference (caches refreshed, eval mode)."""
+
+    model: nn.Module
+    cfg: Config
+    info: CheckpointInfo
+    device: torch.device
+
+    @property
+    def max_history(self) -> int:
+        return self.cfg.data.max_history
+
+
+# (checkpoint, dataset_dir, device) -> ServingModel. Deployments take one, so tests can swap it.
+Loader = Callable[[str, str, str], ServingModel]
+
+
+@dataclass
+class BatchStats:
+    """Sizes of the batches a replica ran: is batching happening under the current load?"""
+
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.largest = max(self.largest, size)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"batches": self.batches, "requests": self.requests, "largest": self.largest,
+                "mean": self.requests / max(self.batches, 1)}
+
+
+def load_serving_model(checkpoint: str, dataset_dir: str, device: str = "cpu") -> ServingModel:
+    """The default loader: the checkpoint's model for the dataset it was trained on."""
+    dataset = load_dataset(Path(dataset_dir))
+    model, cfg, info = load_model(checkpoint, dataset, device)
+    model.refresh()  # SID table, trie and item caches now, not on the first request
+    return ServingModel(model, cfg, info, torch.device(device))
+
+
+def pad_histories(histories: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Item-index histories (oldest first) -> [B, width] int64, left-padded with 0, newest last."""
+    lengths = np.array([len(h) for h in histories], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter((i for h in histories for i in h), dtype=np.int64, count=int(offsets[-1]))
+    return torch.from_numpy(left_pad(offsets, flat, offsets[:-1], offsets[1:], width))
+
+
+@torch.no_grad()
+def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths: Sequence[int]) -> list[Retrieved]:
+    """Top-``widths[i]`` items for each history, best first; empty slots (small catalogues) left out."""
+    out: list[Retrieved | None] = [None] * len(histories)
+    by_width: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(widths):
+        by_width[int(w)].append(i)
+    for width, rows in by_width.items():
+        hist = pad_histories([histories[i] for i in rows], sm.max_history).to(sm.device)  # [b, T]
+        items, scores = sm.model.retrieve(hist, k=width)  # [b, width] each
+        for i, its, scs in zip(rows, items.tolist(), scores.tolist()):
+            out[i] = _valid(its, scs)
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def rank_batch(sm: ServingModel, histories: Sequence[Sequence[int]],
+               candidates: Sequence[Sequence[int]]) -> list[list[float]]:
+    """The ranker's score for every candidate of every request (same order as given)."""
+    width = max((len(c) for c in candidates), default=0)
+    if width == 0:
+        return [[] for _ in candidates]
+    cand = torch.zeros(len(candidates), width, dtype=torch.long)  # [B, C], 0 = empty slot
+    for i, c in enumerate(candidates):
+        cand[i, :len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+    hist = pad_histories(histories, sm.max_history).to(sm.device)
+    scores = sm.model.rank(hist, cand.to(sm.device)).tolist()  # [B, C]
+    return [row[:len(c)] for row, c in zip(scores, candidates)]
+
+
+def _valid(items: list[int], scores: list[float]) -> Retrieved:
+    keep = [j for j, i in enumerate(items) if i > 0]
+    return [items[j] for j in keep], [scores[j] for j in keep]

@@ -1,0 +1,326 @@
+"""Checkpoints of a training run and the run directory that holds them (no Ray here).
+
+    RUN_DIR/
+      config.yaml              resolved config of the latest ``raygr train``
+      metrics.json             final numbers (``raygr.training.report``)
+      learning_curve.png
+      checkpoints/latest/      the newest epoch: where a re-run resumes
+      checkpoints/best/        the epoch with the best validation NDCG@10: what evaluate/serve load
+      ray/                     Ray Train's own storage (the checkpoints it keeps, its run state)
+
+A checkpoint is a directory:
+
+      model.pt     state_dict of the unwrapped model; the SID table rides in its extra state
+      trainer.pt   optimizer, loss weighter, hard-negative pool: only needed to resume training
+      meta.json    TrainState, dataset identity, resolved config, versions (readable without torch)
+      config.yaml  the same resolved config, for people
+
+    save_checkpoint(tmp, ctx, state, DatasetIdentity.from_manifest(manifest))
+    info = read_checkpoint("runs/x")          # a run dir means its checkpoints/best
+    check_compatible(info, cfg, manifest)     # CheckpointError naming the key that differs
+    model, cfg, info = load_model("runs/x", dataset)
+
+torch is imported inside the functions that need it, so that the CLI can name ``CheckpointError``
+and ``RunDirError`` among its user errors without paying for the import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from raygr.data.dataset import Dataset
+    from raygr.training.loop import TrainContext, TrainState
+
+FORMAT_VERSION = 1
+MODEL_FILE, TRAINER_FILE, META_FILE, CONFIG_FILE = "model.pt", "trainer.pt", "meta.json", "config.yaml"
+CHECKPOINTS, BEST, LATEST = "checkpoints", "best", "latest"
+
+# Keys that change parameter shapes or what the saved codes mean: a checkpoint only loads into a
+# config that agrees on all of them. Everything else (epochs, lr, beam size, ...) may change.
+MODEL_SHAPE_KEYS = (
+    "model.preset", "model.dim", "model.num_layers", "model.num_heads", "model.token_buckets",
+    "model.use_item_id", "model.levels", "model.codes", "model.max_suffix", "data.max_history",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the dataset/config it is used with."""
+
+
+class RunDirError(ValueError):
+    """The run (output) directory cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a checkpoint remembers of the dataset it was trained on."""
+
+    name: str
+    fingerprint: str  # content checksum from the manifest: same files <=> same fingerprint
+    num_items: int
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> DatasetIdentity:
+        from raygr.data.dataset import content_fingerprint
+
+        fp = manifest.get("fingerprint") or content_fingerprint(manifest)
+        return cls(str(manifest.get("name", "?")), str(fp), int(manifest["num_items"]))
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint's metadata (meta.json), read without torch."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def config(self) -> Config:
+        try:
+            return config_from_dict(self.meta["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"checkpoint {self.path} holds a config this raygr cannot read: {e}") from None
+
+    @property
+    def dataset(self) -> DatasetIdentity:
+        return DatasetIdentity(**self.meta["dataset"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta["train_state"]["epoch"])
+
+    def train_state(self) -> TrainState:
+        from raygr.training.loop import TrainState
+
+        return TrainState.from_dict(self.meta["train_state"])
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def save_checkpoint(directory: str | Path, ctx: TrainContext, state: TrainState, dataset: DatasetIdentity,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint of ``ctx`` (model, optimizer, weighter, miner) and ``state`` into ``directory``.
+
+    ``extra`` lands in meta.json under "run" (e.g. the epochs at which the run resumed).
+    """
+    import torch
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(ctx.core.state_dict(), out / MODEL_FILE)
+    torch.save({"optimizer": ctx.optimizer.state_dict(), "weighter": ctx.weighter.state_dict(),
+                "miner_pool": ctx.miner.pool.cpu()}, out / TRAINER_FILE)
+    meta = {
+        "format": FORMAT_VERSION,
+        "train_state": state.to_dict(),
+        "dataset": asdict(dataset),
+        "config": config_to_dict(ctx.cfg),
+        "run": extra or {},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    # meta.json last: a directory with meta.json holds a complete checkpoint.
+    write_json_atomic(out / META_FILE, meta)
+    dump_config(ctx.cfg, out / CONFIG_FILE)
+    return out
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a sibling temp file and rename it into place: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a result file should not be
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _json_default(x: Any) -> Any:
+    # numpy scalars / arrays sneak into metric dicts; JSON wants plain numbers and lists.
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def publish(src: str | Path, dest: str | Path) -> Path:
+    """Copy checkpoint ``src`` to ``dest``, replacing it atomically (a reader sees the old or the new one)."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if dest.exists():
+            # os.replace cannot overwrite a non-empty directory: move the old one aside first.
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (meaning its ``checkpoints/best``)."""
+    p = Path(path).expanduser().resolve()
+    if (p / META_FILE).is_file():
+        return p
+    for candidate in (p / CHECKPOINTS / BEST, p / CHECKPOINTS / LATEST):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    raise CheckpointError(f"{p} is neither a checkpoint (no {META_FILE}) nor a run directory with "
+                          f"{CHECKPOINTS}/{BEST}; pass a run's output directory or one of its checkpoints")
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    p = resolve_checkpoint(path)
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p / META_FILE} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{p} has checkpoint format {meta.get('format')!r}; this raygr reads "
+                              f"{FORMAT_VERSION}")
+    for key in ("train_state", "dataset", "config"):
+        if key not in meta:
+            raise CheckpointError(f"{p / META_FILE} lacks the key '{key}'")
+    return CheckpointInfo(p, meta)
+
+
+def check_compatible(info: CheckpointInfo, cfg: Config, manifest: dict[str, Any] | None = None) -> None:
+    """Raise ``CheckpointError`` if ``info`` was trained on another dataset or a differently shaped model."""
+    if manifest is not None:
+        theirs, ours = info.dataset, DatasetIdentity.from_manifest(manifest)
+        if theirs.fingerprint != ours.fingerprint or theirs.num_items != ours.num_items:
+            raise CheckpointError(
+                f"checkpoint {info.path} was trained on dataset '{theirs.name}' ({theirs.num_items} items, "
+                f"fingerprint {theirs.fingerprint}), but the given dataset is '{ours.name}' "
+                f"({ours.num_items} items, fingerprint {ours.fingerprint}); use the dataset it was trained on, "
+                f"or a new output directory to train from scratch")
+    saved, now = config_to_dict(info.config), config_to_dict(cfg)
+    for key in MODEL_SHAPE_KEYS:
+        a, b = _dotted(saved, key), _dotted(now, key)
+        if a != b:
+            raise CheckpointError(
+                f"config key '{key}' is {b!r}, but checkpoint {info.path} was trained with {a!r}; "
+                f"set {key}={a} to use this checkpoint, or train into a new output directory")
+
+
+def _dotted(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def load_trainer_state(path: str | Path, ctx: TrainContext) -> TrainState:
+    """Restore optimizer, weighter and miner pool into ``ctx``; returns the saved TrainState.
+
+    The model's weights must already be in place (``load_model_state``) before ``ctx`` was created.
+    """
+    import torch
+
+    info = read_checkpoint(path)
+    saved = torch.load(info.path / TRAINER_FILE, map_location="cpu", weights_only=True)
+    ctx.optimizer.load_state_dict(saved["optimizer"])
+    ctx.weighter.load_state_dict(saved["weighter"])
+    ctx.miner.pool = saved["miner_pool"]
+    return info.train_state()
+
+
+def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu") -> CheckpointInfo:
+    """Load a checkpoint's weights (and SID table) into ``model``; returns its metadata."""
+    import torch
+
+    info = read_checkpoint(path)
+    state = torch.load(info.path / MODEL_FILE, map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # shapes differ although the shape keys agree: say so plainly
+        raise CheckpointError(f"checkpoint {info.path} does not fit the model built from its config: "
+                              f"{str(e).splitlines()[0]}") from None
+    if info.config.model.preset == "tiger" and hasattr(model, "freeze_tokenizer"):
+        # The freeze is a flag, not state: redo what ``initialise`` did after the tokenizer stage.
+        model.freeze_tokenizer()
+    return info
+
+
+def load_model(path: str | Path, dataset: Dataset, device: Any = "cpu",
+               overrides: list[str] | tuple[str, ...] = ()) -> tuple[nn.Module, Config, CheckpointInfo]:
+    """Build the checkpoint's model for ``dataset`` and load its weights (evaluation, serving).
+
+    ``overrides`` change evaluation-time keys (e.g. train.beam_size); shape keys must still agree.
+    """
+    from raygr.config import replace
+    from raygr.models.factory import build_model
+
+    info = read_checkpoint(path)
+    cfg = replace(info.config, overrides) if overrides else info.config
+    check_compatible(info, cfg, dataset.manifest)
+    model = build_model(cfg, dataset).to(device)
+    load_model_state(info.path, model, device)
+    model.eval()
+    return model, cfg, info
+
+
+# -- the run directory ------------------------------------------------------------------------------
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create/check an output directory before any work starts; returns its absolute path.
+
+    Refuses a directory that is not writable, and a non-empty one that holds no raygr run (so a
+    mistyped --output cannot litter, or later be mistaken for, someone else's directory).
+    """
+    p = Path(path).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"output {p} exists and is not a directory; choose another --output")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunDirError(f"output directory {p} is not writable ({e.strerror or e}); "
+                          "choose another --output or fix its permissions") from None
+    known = {CONFIG_FILE, CHECKPOINTS, "ray", "metrics.json", "learning_curve.png"}
+    entries = {e.name for e in p.iterdir() if not e.name.startswith(".")}
+    if entries and not entries & known:
+        raise RunDirError(f"output directory {p} is not empty and holds no raygr run "
+                          f"(found e.g. {sorted(entries)[0]!r}); choose an empty or new --output")
+    return p
+
+
+def latest_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:
+    p = Path(run_dir) / CHECKPOINTS / LATEST
+    return read_checkpoint(p) if (p / META_FILE).is_file() else None

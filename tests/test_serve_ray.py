@@ -1,0 +1,250 @@
+"""Ray Serve on the shared local cluster: answers over HTTP equal offline retrieve-then-rank, bad requests get
+a 4xx that says what is wrong (and the service stays up), empty histories get popular items; plus the deploy
+config, its generated copy in jobs/, and the injected loader (these without a cluster)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from raygr.cli import main
+from raygr.config import ConfigError, ServeConfig
+from raygr.data.split import eval_examples, training_item_counts
+from raygr.distributed.serve import (
+    Retriever,
+    app_builder,
+    build_app,
+    deploy_config,
+    deployment_options,
+    run_app,
+    write_deploy_config,
+)
+from raygr.metrics import popularity_ranking
+from raygr.serving.client import Client, send_examples
+from raygr.training.checkpoint import load_model
+from tests.helpers import tiny_dataset
+from tests.serving_helpers import tiny_checkpoint
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+# The example in jobs/serve_config.yaml (cluster paths; regenerate it with the command in its header).
+EXAMPLE = {"checkpoint": "/mnt/raygr/runs/beauty-joint", "data": "/mnt/raygr/datasets/beauty"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, tmp_path_factory):
+    """Two apps on one proxy: a joint checkpoint (truncate policy) at / and a sasrec one (reject) at /strict.
+
+    4 logical CPUs hold both: joint = retriever 1 + ranker 1 (+ a CPU-less ingress); sasrec has no ranker.
+    """
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve")
+    ds = tiny_dataset(root, num_users=300)
+    joint = tiny_checkpoint(ds, root / "joint")
+    sasrec = tiny_checkpoint(ds, root / "sasrec", "model.preset=sasrec", epochs=0)
+    port = free_port()
+    one = dict(min_replicas=1, max_replicas=1, port=port)
+    cfg = ServeConfig(max_batch_size=8, **one)
+    strict = ServeConfig(history_policy="reject", max_k=5, **one)
+    client = Client(f"http://127.0.0.1:{port}")
+    try:  # Serve is shut down even if the setup fails half-way: later Ray tests share the cluster
+        run_app(build_app(joint, ds.root, cfg), cfg, log_level="WARNING")
+        run_app(build_app(sasrec, ds.root, strict), strict, name="strict", route_prefix="/strict",
+                log_level="WARNING")
+        client.wait_healthy()
+        models = {name: load_model(run, ds)[0] for name, run in (("joint", joint), ("sasrec", sasrec))}
+        yield {"ds": ds, "client": client, "models": models, "port": port}
+    finally:
+        client.close()
+        serve.shutdown()
+
+
+def histories(ds, n: int) -> list[np.ndarray]:
+    """The first n test-split histories, [20] item_idx each (left-padded)."""
+    return list(eval_examples(ds.sequences, "test", 20).history[:n])
+
+
+def to_ids(ds, row) -> list[str]:
+    return [ds.items.item_id[i - 1] for i in row if i > 0]
+
+
+def offline(model, row, k: int, candidates: int, ds) -> tuple[list[str], list[float]]:
+    model.refresh()
+    items, scores = model.recommend(torch.from_numpy(np.asarray(row)[None]), k=k, num_candidates=candidates)
+    return [ds.items.item_id[i - 1] for i in items[0].tolist()], scores[0].tolist()
+
+
+def test_answers_equal_offline_retrieve_then_rank_under_concurrent_load(service):
+    ds, model, port = service["ds"], service["models"]["joint"], service["port"]
+    rows = histories(ds, 12)
+
+    candidates = [20, 30] * 6  # batches mix retrieval widths: each must still get its own beam
+
+    def ask(row, c):  # one client per thread: concurrent requests reach the replicas in batches
+        client = Client(f"http://127.0.0.1:{port}")
+        try:
+            return client.post("/recommend", {"history": to_ids(ds, row), "k": 10, "candidates": c})
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, rows, candidates))
+    for row, c, (status, answer) in zip(rows, candidates, answers):
+        assert status == 200, answer
+        ids, scores = offline(model, row, 10, c, ds)
+        assert [x["item_id"] for x in answer["items"]] == ids
+        assert np.allclose([x["score"] for x in answer["items"]], scores, atol=1e-4)
+        assert answer["scored_by"] == "ranker" and not answer["fallback"] and answer["dataset"] == "tiny"
+
+
+def test_retrieval_only_preset_has_no_ranker_and_equals_offline(service):
+    ds, model, client = service["ds"], service["models"]["sasrec"], service["client"]
+    status, meta = client.get("/strict/metadata")
+    assert status == 200 and meta["mode"] == "retrieval_only" and meta["model"] == "sasrec"
+    for row in histories(ds, 3):
+        status, answer = client.post("/strict/recommend", {"history": to_ids(ds, row), "k": 5})
+        assert status == 200 and answer["scored_by"] == "retriever"
+        assert [x["item_id"] for x in answer["items"]] == offline(model, row, 5, 50, ds)[0]
+
+
+def test_empty_history_gets_popular_items_exclude_and_truncation(service):
+    ds, client = service["ds"], service["client"]
+    status, answer = client.post("/recommend", {"history": [], "k": 5})
+    popular = popularity_ranking(training_item_counts(ds.sequences, ds.num_items), 5)
+    assert status == 200 and answer["fallback"] is True and answer["scored_by"] == "popularity"
+    assert [x["item_id"] for x in answer["items"]] == [ds.items.item_id[i - 1] for i in popular]
+
+    row = to_ids(ds, histories(ds, 1)[0])
+    _, plain = client.post("/recommend", {"history": row, "k": 5})
+    banned = [x["item_id"] for x in plain["items"][:2]]
+    status, answer = client.post("/recommend", {"history": row, "k": 5, "exclude": banned})
+    got = [x["item_id"] for x in answer["items"]]
+    assert status == 200 and len(got) == 5 and not set(got) & set(banned)
+
+    long = [ds.items.item_id[i % ds.num_items] for i in range(30)]  # 30 > data.max_history = 20
+    status, answer = client.post("/recommend", {"history": long, "k": 5})
+    _, newest = client.post("/recommend", {"history": long[-20:], "k": 5})
+    assert status == 200 and answer["truncated"] is True and "only the newest 20 were used" in answer["notice"]
+    assert answer["items"] == newest["items"] and newest["truncated"] is False
+
+
+def test_bad_requests_get_4xx_saying_what_is_wrong_and_the_service_stays_up(service):
+    client, ds = service["client"], service["ds"]
+    known = ds.items.item_id[0]
+    cases = [
+        ("/recommend", b"not json", 400, "not valid JSON"),
+        ("/recommend", b"", 400, "empty"),
+        ("/recommend", b"[1, 2]", 422, "must be a JSON object"),
+        ("/recommend", b'{"history": [], "user": 1}', 422, "unknown field(s) 'user'"),
+        ("/recommend", json.dumps({"history": [known, "nope-1", "nope-2"]}).encode(), 422,
+         "'history' has 2 item id(s) not in the catalogue of dataset 'tiny' (80 items): 'nope-1', 'nope-2'"),
+        ("/recommend", json.dumps({"history": [known], "exclude": ["nope-3"]}).encode(), 422, "'nope-3'"),
+        ("/recommend", json.dumps({"history": [known], "k": 0}).encode(), 422,
+         "'k' is 0, out of range: allowed 1..100"),
+        ("/recommend", json.dumps({"history": [known], "k": 101}).encode(), 422, "allowed 1..100"),
+        ("/recommend", json.dumps({"history": [known], "k": "ten"}).encode(), 422, "'k' must be an integer"),
+        ("/recommend", json.dumps({"history": known}).encode(), 422, "'history' must be a list of item ids"),
+        ("/recommend", json.dumps({"history": [[known]]}).encode(), 422, "'history'[0] is"),
+        ("/strict/recommend", json.dumps({"history": [known], "k": 6}).encode(), 422, "allowed 1..5"),
+        ("/strict/recommend", json.dumps({"history": [known] * 21}).encode(), 413,
+         "'history' has 21 items, more than the 20 this model reads (data.max_history); send only the newest 20 "
+         "(this service runs with serve.history_policy=reject)"),
+    ]
+    for path, body, status, words in cases:
+        got, answer = client.request("POST", path, body)
+        assert got == status, (body, answer)
+        assert words in answer["error"], (body, answer)
+    assert client.get("/healthz") == (200, {"status": "ok"})
+    assert client.post("/recommend", {"history": [known], "k": 3})[0] == 200
+
+
+def test_smoke_examples_print_one_line_per_answer(service):
+    lines: list[str] = []
+    assert send_examples(service["client"], service["ds"], 20, 3, log=lines.append) == 0
+    assert len(lines) == 3 and all("[ranker," in line and "true next item" in line for line in lines)
+
+
+def test_healthz_and_metadata(service):
+    client = service["client"]
+    assert client.get("/healthz") == (200, {"status": "ok"})
+    status, meta = client.get("/metadata")
+    assert status == 200
+    assert {k: meta[k] for k in ("model", "dataset", "catalogue_size", "levels", "max_history",
+                                 "checkpoint_epoch", "mode")} == {
+        "model": "joint", "dataset": "tiny", "catalogue_size": 80, "levels": 3, "max_history": 20,
+        "checkpoint_epoch": 1, "mode": "retrieve_then_rank"}
+
+
+# -- no cluster needed (ray.serve imported only) ---------------------------------------------------------
+
+def test_deploy_config_is_valid_for_serve_and_shares_the_deployment_options():
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = ServeConfig(max_batch_size=16, max_replicas=3, use_gpu=True)
+    out = deploy_config("/ckpt", "/data", cfg, ranker=True)
+    ServeDeploySchema.model_validate(out)
+    app = out["applications"][0]
+    assert app["import_path"] == "raygr.distributed.serve:app_builder"
+    assert app["args"] == {"checkpoint": "/ckpt", "data": "/data", "serve": {**app["args"]["serve"]}}
+    assert app["args"]["serve"]["max_batch_size"] == 16
+    assert app["deployments"] == [{"name": n, **o} for n, o in deployment_options(cfg).items()]
+    retriever = {d["name"]: d for d in app["deployments"]}["Retriever"]
+    assert retriever["autoscaling_config"]["max_replicas"] == 3 and retriever["ray_actor_options"]["num_gpus"] > 0
+    assert [d["name"] for d in deploy_config("/c", "/d", ranker=False)["applications"][0]["deployments"]] == [
+        "Ingress", "Retriever"]
+
+
+def test_jobs_serve_config_is_the_generated_one(tmp_path):
+    fresh = write_deploy_config(tmp_path / "serve_config.yaml", EXAMPLE["checkpoint"], EXAMPLE["data"],
+                                ServeConfig(host="0.0.0.0"), ranker=True)
+    assert yaml.safe_load((ROOT / "jobs" / "serve_config.yaml").read_text()) == yaml.safe_load(fresh.read_text()), \
+        "jobs/serve_config.yaml is stale: regenerate it with the command in its header"
+
+
+def test_app_builder_names_missing_and_unknown_args():
+    with pytest.raises(ValueError, match="needs args data"):
+        app_builder({"checkpoint": "/x"})
+    with pytest.raises(ValueError, match="unknown args extra"):
+        app_builder({"checkpoint": "/x", "data": "/y", "extra": 1})
+    with pytest.raises(ConfigError, match="serve.max_kk"):
+        app_builder({"checkpoint": "/x", "data": "/y", "serve": {"max_kk": 3}})
+
+
+def test_cli_writes_a_deploy_config_and_refuses_non_serve_overrides(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    assert main(["serve", "--checkpoint", "/nowhere/ckpt", "--data", "/nowhere/data", "--port", "9001",
+                 "--write-config", str(path)]) == 0
+    assert yaml.safe_load(path.read_text())["http_options"]["port"] == 9001
+    assert "assuming a preset with a ranker" in capsys.readouterr().out
+    assert main(["serve", "--checkpoint", "x", "--data", "y", "--set", "model.dim=8"]) == 2
+    assert "only serve.* overrides" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing"), "--data", "y"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_model_deployments_take_an_injected_loader():
+    """The replica class itself (``func_or_class``) runs its constructor outside Serve."""
+    calls = []
+
+    def loader(checkpoint: str, dataset_dir: str, device: str):
+        calls.append((checkpoint, dataset_dir, device))
+        return "a model"
+
+    replica = Retriever.func_or_class("/ckpt", "/data", ServeConfig(max_batch_size=7), loader)
+    assert calls == [("/ckpt", "/data", "cpu")] and replica.sm == "a model"
+    assert replica.retrieve._get_max_batch_size() == 7
