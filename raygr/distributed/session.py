@@ -54,7 +54,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         cpus = num_cpus or local_num_cpus()
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls; without
         # it the driver's log fills with "Failed to query Ray Train Controller actor state".
-        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=log_to_driver,
+        # address="local": a fresh Ray even if another user left a `ray start` cluster on this host.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=log_to_driver,
                  logging_level="WARNING")
         where = f"local Ray ({cpus} logical CPUs on {os.cpu_count()} cores)"
     else:

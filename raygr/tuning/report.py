@@ -27,6 +27,8 @@ TRIALS_CSV, SUMMARY = "trials.csv", "summary.json"
 CURVES_PNG, STRATEGY_PNG = "valid_ndcg10_by_epoch.png", "ndcg10_by_strategy.png"
 OUTPUT_FILES = (BEST_CONFIG, BEST_CHECKPOINT, TRIALS_CSV, SUMMARY, CURVES_PNG, STRATEGY_PNG)
 STRATEGY_KEY = "model.schedule.strategy"
+LABEL_KEYS = (STRATEGY_KEY, "model.weighting")  # what a plot's legend names a trial by, when searched
+TABLE_METRICS = ("code_util_mean", "collision_rate")  # code health of the last epoch, in the trials table
 
 # Trial outcomes, as the table spells them.
 COMPLETED = "completed"  # ran every epoch
@@ -40,10 +42,10 @@ UNFINISHED = "unfinished"  # the search was interrupted before the trial ended: 
 class TrialRecord:
     trial_id: str
     assignment: dict[str, Any]  # searched dotted key -> the value this trial used
-    status: str  # COMPLETED | PATIENCE | ASHA | ERROR
+    status: str  # COMPLETED | PATIENCE | ASHA | ERROR | UNFINISHED
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, valid ndcg@10) per reported epoch
     last: dict[str, Any] = field(default_factory=dict)  # the last reported metrics (code health, loss, ...)
-    error: str | None = None  # the first line of the trial's exception
+    error: str | None = None  # the line of the trial's exception that says what went wrong
     wall_s: float = 0.0
     path: str = ""  # the trial's run directory (config.yaml, checkpoints/{best,latest})
 
@@ -94,9 +96,6 @@ def health_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
     scored = [r for r in records if r.status != ERROR and r.best is not None]
     return max(scored, key=lambda r: r.best[1]) if scored else None  # type: ignore[index]
-
-
-TABLE_METRICS = ("code_util_mean", "collision_rate")
 
 
 def _row(r: TrialRecord, keys: Sequence[str]) -> dict[str, Any]:
@@ -178,8 +177,6 @@ def _label(r: TrialRecord) -> str:
     named = [str(r.assignment[k]) for k in LABEL_KEYS if k in r.assignment]
     return " ".join(named or [f"{k.rsplit('.', 1)[-1]}={fmt_value(v)}" for k, v in list(r.assignment.items())[:2]])
 
-
-LABEL_KEYS = (STRATEGY_KEY, "model.weighting")
 
 
 def plot_by_strategy(records: Sequence[TrialRecord], path: str | Path, default_strategy: str = "") -> Path:
