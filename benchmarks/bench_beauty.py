@@ -11,11 +11,12 @@ benchmarks/results/beauty.json and prints a markdown table for docs/results.md.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, SHARED_DATA, prepared, write_result
+from benchmarks.common import RESULTS, ROOT, SHARED_DATA, prepared, write_result
 
 ROOT_CONFIGS = ROOT / "jobs" / "configs"
 
@@ -56,8 +57,14 @@ def main() -> None:
             metrics = run_training(cfg, data, Path(args.runs) / f"beauty-{preset}", log=lambda m: print(m, flush=True))
             metrics["bench_wall_s"] = time.perf_counter() - t0
             rows[preset] = metrics
-    write_result("beauty", {"epochs": args.epochs, "workers": args.workers, "overrides": args.set, "runs": rows})
-    print(markdown(rows))
+    # Presets can be run one at a time (each takes a while on 2 cores): earlier rows are kept.
+    previous = RESULTS / "beauty.json"
+    runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
+    for preset, metrics in rows.items():
+        metrics["bench"] = {"epochs": args.epochs, "workers": args.workers, "overrides": args.set}
+        runs[preset] = metrics
+    write_result("beauty", {"runs": runs})
+    print(markdown(runs))
 
 
 def markdown(rows: dict) -> str:

@@ -14,6 +14,9 @@ run the same code.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from raygr.config import ConfigError
 
 
 def add_session_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +86,42 @@ def add_tune(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=tune_command)
 
 
+# -- kuberay ----------------------------------------------------------------------------------------
+
+def kuberay_command(args: argparse.Namespace) -> int:
+    import shlex
+
+    from raygr.config import load_config
+    from raygr.distributed.kuberay import write_manifests
+
+    cfg = load_config(args.config, args.set)
+    if args.config and Path(args.config).is_absolute():
+        raise ConfigError(f"--config {args.config}: give a path inside this checkout (the image holds it)")
+    command = shlex.join(["raygr", "kuberay", "--image", args.image, "--data", args.data, "--run", args.run,
+                          *(["--config", args.config] if args.config else []),
+                          *[a for o in args.set for a in ("--set", o)], "--name", args.name, "--out", args.out])
+    for path in write_manifests(args.out, image=args.image, cfg=cfg, config_file=args.config, data=args.data,
+                                run=args.run, overrides=args.set, name=args.name, command=command):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_kuberay(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "kuberay", help="write KubeRay manifests: a RayJob that trains, a RayService that serves the run",
+        description="Write rayjob-train.yaml and rayservice.yaml (serveConfigV2 from the same code as "
+                    "`raygr serve --write-config`). Paths are the pods' paths, under the shared volume.")
+    add_config_args(p)
+    p.add_argument("--image", required=True, help="image built from jobs/kuberay/Dockerfile, e.g. REG/raygr:0.1.0")
+    p.add_argument("--data", required=True, help="prepared dataset directory, as the pods see it")
+    p.add_argument("--run", required=True, help="run directory the job writes and the service serves")
+    p.add_argument("--name", default="raygr", help="prefix of the resources' names")
+    p.add_argument("--out", default="jobs/kuberay", help="directory to write the manifests to")
+    p.set_defaults(func=kuberay_command)
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_train(subparsers)
     add_tune(subparsers)
     add_serve(subparsers)
+    add_kuberay(subparsers)

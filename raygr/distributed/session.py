@@ -13,6 +13,7 @@ own auth settings. A Ray that is already running (tests, a notebook, Tune) is us
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,12 +25,19 @@ QUIET_ENV = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # progress bars from workers garble the driver's log
 }
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's state API before RAY_ADDRESS
 
 
 def quiet_env() -> None:
     """Set QUIET_ENV where the user has not chosen otherwise (also called by ``run_training`` directly)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def local_num_cpus() -> int:
@@ -55,8 +63,17 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls; without
         # it the driver's log fills with "Failed to query Ray Train Controller actor state".
         # address="local": a fresh Ray even if another user left a `ray start` cluster on this host.
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=log_to_driver,
+        # The state API resolves "the" cluster of this host through /tmp/ray, i.e. the newest one: with
+        # a `ray start` cluster also on this machine, Ray Train's placement-group cleaner would ask that
+        # other cluster about our controller, be told it does not exist, and kill our workers. Pinning
+        # the API server address (driver and every worker) keeps each cluster talking to itself.
+        port = free_port()
+        api = f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_port=port,
+                 runtime_env={"env_vars": {API_SERVER_ENV: api}}, log_to_driver=log_to_driver,
                  logging_level="WARNING")
+        restore = os.environ.get(API_SERVER_ENV)
+        os.environ[API_SERVER_ENV] = api
         where = f"local Ray ({cpus} logical CPUs on {os.cpu_count()} cores)"
     else:
         ray.init(address=address, log_to_driver=log_to_driver, logging_level="WARNING")
@@ -65,3 +82,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         yield where
     finally:
         ray.shutdown()
+        if address is None:
+            if restore is None:
+                os.environ.pop(API_SERVER_ENV, None)
+            else:
+                os.environ[API_SERVER_ENV] = restore

@@ -22,10 +22,16 @@ class HardNegativeMiner:
 
     @property
     def enabled(self) -> bool:
-        return self.every > 0 and self.hard_per_user > 0
+        return self.every > 0 and self.hard_per_user > 0 and self.num_negatives < self.num_items
 
     def negatives(self, device: torch.device | str) -> torch.Tensor:
-        """[Nn] uniform negatives, plus up to half as many mined hard negatives."""
+        """[Nn] uniform negatives, plus up to half as many mined hard negatives.
+
+        With ``num_negatives >= num_items`` every item is a negative (the full-catalogue softmax, as
+        SASRec trains): there is nothing left to mine.
+        """
+        if self.num_negatives >= self.num_items:
+            return torch.arange(1, self.num_items + 1, device=device)
         uniform = torch.randint(1, self.num_items + 1, (self.num_negatives,), device=device)
         if len(self.pool) == 0:
             return uniform
@@ -44,7 +50,9 @@ class HardNegativeMiner:
             last = batch.target[:, -1]
             rows = last > 0
             items, _ = model.retrieve(batch.input[rows], k=self.hard_per_user + 1)
-            wrong = items[(items != last[rows][:, None]) & (items > 0)]
+            keep = (items != last[rows][:, None]) & (items > 0)  # [B, k+1]
+            keep &= keep.cumsum(1) <= self.hard_per_user  # the top hard_per_user wrong ones per user
+            wrong = items[keep]
         finally:
             model.train(was_training)
         self.pool = torch.cat([wrong.cpu(), self.pool])[: self.pool_size]
