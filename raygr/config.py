@@ -45,11 +45,14 @@ class DataConfig:
 class ScheduleConfig:
     """Gumbel exploration: temperature tau and noise scale sigma as functions of the step."""
 
+    # Shape of the tau/sigma decay over horizon_steps: constant, linear, exponential or cosine; or DIGER's
+    # adaptive noise on a cosine base: sdud (a learned noise scale per level) or frqud (noise only for
+    # items whose code is over-used).
     strategy: DecayStrategy = "cosine"
-    tau_start: float = 1.0
-    tau_end: float = 0.1
+    tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 (the soft assignment the gradient follows)
+    tau_end: float = 0.1  # temperature at the end of the decay
     sigma_start: float = 0.5  # Gumbel noise scale at step 0 (logits are z-scored distances)
-    sigma_end: float = 0.0
+    sigma_end: float = 0.0  # noise scale at the end of the decay (0 = the nearest code, no exploration)
     horizon_steps: int = 0  # steps over which the decay runs, then constant; 0 = half the run's steps
     exp_rate: float = 5.0  # exponential: value = end + (start-end)*exp(-rate*t)
     sdud_lambda: float = 0.1  # SDUD: floor lambda in L/(2(|s|+l)^2) + log(|s|+l)
@@ -69,8 +72,8 @@ class ScheduleConfig:
 class LossWeights:
     """Weights of the joint objective's terms (0 switches a term off)."""
 
-    generator: float = 1.0
-    ranker: float = 1.0
+    generator: float = 1.0  # generator cross-entropy over the next item's SID levels and suffix (retrieval)
+    ranker: float = 1.0  # ranker loss over sampled + mined negatives; 0 = no ranker, retrieval order is final
     codebook: float = 1.0  # codebook + commitment (VQ)
     commitment: float = 0.25  # beta of the commitment term, relative to the codebook term
     reconstruction: float = 0.5  # item content rebuilt from its SID
@@ -85,33 +88,39 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    preset: Preset = "joint"
+    preset: Preset = "joint"  # model and recipe; applies its PRESETS defaults before the file and --set
     dim: int = 64  # model width D
-    num_layers: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
+    num_layers: int = 2  # Transformer blocks of the sequence encoder (shared by generator and ranker)
+    num_heads: int = 2  # attention heads; model.dim must be divisible by it
+    dropout: float = 0.2  # dropout of the sequence encoder (inputs, attention, MLP)
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
     use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
     ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID
     levels: int = 3  # SID levels L
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
+    # kmeans: residual k-means over every item's encoder vector before step 0; batch: codes seeded from
+    # one random batch of items, no k-means iterations (for catalogues too large for k-means).
     init: Literal["kmeans", "batch"] = "kmeans"
-    dead_code_steps: int = 200  # a code unused this many steps is re-seeded from the batch
+    # Every this many steps, codes that no batch has used for this many steps are re-seeded from item
+    # residuals (collapsed codes never recover by gradient alone); 0 = off.
+    dead_code_steps: int = 200
     temperature_contrast: float = 0.1  # InfoNCE temperature of CoST / UniSID
     # How much of the generator CE's gradient flows into the target's code assignment (0..1). At 1
     # the CE alone can be lowered by mapping items onto a few easy codes (collapse); the target's
     # code vectors and the history items reach the tokenizer through the straight-through path anyway.
     target_assign_grad: float = 0.0
-    ranker_loss: Literal["softmax", "bce"] = "softmax"
-    num_negatives: int = 128  # sampled negatives of the ranker
+    ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
+    num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
     enhancer_every: int = 50  # steps between enhancer retrievals (0 = off)
+    # How the loss terms are combined: fixed (the model.loss weights), scheduled (ranker and tokenizer
+    # terms ramp in over ramp_steps), adaptive (GradNorm-style balance of generator and ranker).
     weighting: Weighting = "adaptive"
     ramp_steps: int = 1000  # scheduled weighting: ranker/tokenizer weights ramp in over these steps
     gradnorm_alpha: float = 0.5  # adaptive weighting: strength of the gradient-norm balance
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Gumbel exploration of the quantizer
+    loss: LossWeights = field(default_factory=LossWeights)  # weights of the joint objective's terms
 
     def validate(self) -> None:
         _check(self.dim >= 8 and self.dim % self.num_heads == 0, "model.dim",
@@ -123,6 +132,7 @@ class ModelConfig:
         _check(self.max_suffix >= 1, "model.max_suffix", "must be >= 1")
         _check(self.token_buckets >= 16, "model.token_buckets", "must be >= 16")
         _check(self.num_negatives >= 1, "model.num_negatives", "must be >= 1")
+        _check(self.dead_code_steps >= 0, "model.dead_code_steps", "must be >= 0 (0 = off)")
         _check(self.hard_negatives >= 0, "model.hard_negatives", "must be >= 0")
         _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
         _check(self.temperature_contrast > 0, "model.temperature_contrast", "must be > 0")
@@ -133,23 +143,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    seed: int = 0
+    epochs: int = 20  # most epochs (early stopping may end sooner); Tune: ASHA's max_t
+    batch_size: int = 256  # global batch of training windows, split over the Ray Train workers
+    lr: float = 2e-3  # peak AdamW learning rate: linear warm-up, then cosine decay to 5% of it
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # steps of linear learning-rate warm-up
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    seed: int = 0  # seeds initialisation, k-means, shuffling, negatives and the evaluation subset
     tokenizer_epochs: int = 10  # tiger preset: epochs of the content-only tokenizer stage
     patience: int = 5  # early stopping: epochs without validation NDCG@10 improvement
-    beam_size: int = 20  # retrieval beam (also the number of ranked items for retrieval-only)
-    num_candidates: int = 50  # retrieve-then-rank: candidates handed to the ranker
-    eval_batch_size: int = 512
+    beam_size: int = 20  # offline evaluation: beam width of the retrieval (at least 20, the largest K)
+    num_candidates: int = 50  # offline retrieve-then-rank: candidates handed to the ranker
+    eval_batch_size: int = 512  # users per batch in validation and test
     num_workers: int = 1  # Ray Train workers (DDP)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    max_failures: int = 1  # Ray Train FailureConfig
-    log_every: int = 50
+    use_gpu: bool = False  # train on GPUs, one per worker
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (also its torch threads)
+    max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
+    log_every: int = 50  # a progress line every this many steps (0 = only the per-epoch line)
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -164,12 +174,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    num_samples: int = 8
+    num_samples: int = 8  # trials sampled from tune.space (a grid is repeated this many times)
     max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
     grace_period: int = 2  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2
-    gpus_per_trial: float = 0.0
-    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {choice|uniform|loguniform|...}
+    reduction_factor: int = 2  # ASHA: a rung keeps the best 1/reduction_factor of the trials
+    gpus_per_trial: float = 0.0  # split over the trial's workers (0.5: two trials per GPU); > 0 trains on GPU
+    # dotted key -> {choice|grid: [...]} or {uniform|loguniform|randint: [low, high]}; empty = the
+    # default space (decay strategy and its parameters, loss weighting, loss weights, lr, batch size).
+    space: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
@@ -180,17 +192,21 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_k: int = 100
+    host: str = "127.0.0.1"  # HTTP bind address of the Serve proxy (0.0.0.0: reachable from other hosts)
+    port: int = 8000  # HTTP port of the Serve proxy
+    max_k: int = 100  # largest k a request may ask for
+    # Items retrieved and handed to the ranker when a request gives no "candidates"; a request may ask
+    # for up to 2 x max(max_k, default_candidates).
     default_candidates: int = 50
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 8.0
-    history_policy: Literal["truncate", "reject"] = "truncate"  # histories over data.max_history
-    use_gpu: bool = False
+    max_batch_size: int = 32  # most requests per Retriever/Ranker forward pass (@serve.batch)
+    batch_wait_timeout_s: float = 0.005  # how long a replica waits to fill a batch (@serve.batch)
+    min_replicas: int = 1  # autoscaling: fewest (and initial) replicas of each deployment
+    max_replicas: int = 2  # autoscaling: most replicas of each deployment
+    target_ongoing_requests: float = 8.0  # autoscaling target per model replica (Ingress: 4x)
+    # Histories longer than data.max_history: truncate keeps the newest items (the answer says so),
+    # reject answers 413.
+    history_policy: Literal["truncate", "reject"] = "truncate"
+    use_gpu: bool = False  # model replicas on GPU (Retriever and Ranker share one: 0.5 GPU each)
 
     def validate(self) -> None:
         _check(1 <= self.port <= 65535, "serve.port", "must be in 1..65535")
@@ -202,11 +218,11 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # the prepared dataset and the history it feeds
+    model: ModelConfig = field(default_factory=ModelConfig)  # preset, architecture, tokenizer, objective
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, evaluation, Ray Train workers
+    tune: TuneConfig = field(default_factory=TuneConfig)  # search (raygr tune): space, ASHA, resources
+    serve: ServeConfig = field(default_factory=ServeConfig)  # HTTP service (raygr serve): limits, batching, scaling
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
@@ -216,13 +232,16 @@ class Config:
 
 # What each preset changes from the defaults above (a user's file and --set come on top).
 PRESETS: dict[str, dict[str, Any]] = {
+    # Everything on: SIDs learned with the recommender, generator + ranker, enhancer, adaptive weighting.
     "joint": {},
+    # Two-stage (TIGER): tokenizer trained on content only (train.tokenizer_epochs) and frozen, then the
+    # generator; no ranker, no noise.
     "tiger": {
-        # Two-stage: tokenizer on content only, frozen, then the generator; no ranker, no noise.
         "model": {"weighting": "fixed", "enhancer_every": 0,
                   "schedule": {"strategy": "constant", "sigma_start": 0.0, "sigma_end": 0.0},
                   "loss": {"ranker": 0.0}},
     },
+    # ID-based causal Transformer with full softmax over the catalogue (SASRec): no SIDs, no ranker.
     "sasrec": {
         "model": {"use_item_id": True, "weighting": "fixed", "enhancer_every": 0, "dropout": 0.5},
         "train": {"lr": 1e-3},

@@ -200,6 +200,16 @@ def test_table_csv_with_dates_and_inline_text(tmp_path):
     assert items.title == ["Nail Polish", "Red Lipstick"]
 
 
+@pytest.mark.parametrize("name, delimiter", [("ev.tsv", None), ("ev.txt.csv", "tab"), ("ev.csv", "\t")])
+def test_table_tab_separated(tmp_path, name, delimiter):
+    from raygr.data.commands import parse_options
+
+    (tmp_path / name).write_text("uid\tiid\tts\nbob\tB7\t2\namy\tA1\t1\nbob\tA1\t1\n")
+    pairs = ["user=uid", "item=iid", "time=ts"] + ([f"delimiter={delimiter}"] if delimiter else [])
+    items, seqs, _ = read("table", tmp_path / name, parse_options(pairs))  # as `--option delimiter=...` gives it
+    assert seqs_by_id(items, seqs) == {"amy": ["A1"], "bob": ["A1", "B7"]}
+
+
 def test_table_parquet_directory_with_item_table(tmp_path):
     d = tmp_path / "events"
     d.mkdir()

@@ -21,13 +21,15 @@ def popularity(dataset):
     return metrics_from_ranks(ranks_from_lists(np.tile(top, (len(ex), 1)), ex.target))
 
 
-@pytest.mark.parametrize("preset, epochs, falling", [
-    ("joint", 12, ["generator", "ranker", "reconstruction", "cost", "loss"]),
-    ("tiger", 30, ["generator"]),  # cheaper steps: same wall time, more of them
-    ("sasrec", 30, ["generator"]),
+@pytest.mark.parametrize("preset, epochs, falling, extra", [
+    # The enhancer off: its mined negatives get harder as the model improves, so with it the ranker's
+    # loss may rise while the ranker gets better (tests/test_enhancer.py covers the mining).
+    ("joint", 12, ["generator", "ranker", "reconstruction", "cost", "loss"], ["model.enhancer_every=0"]),
+    ("tiger", 30, ["generator"], []),  # cheaper steps: same wall time, more of them
+    ("sasrec", 30, ["generator"], []),
 ])
-def test_learns_and_beats_popularity(dataset, popularity, preset, epochs, falling):
-    cfg = tiny_config(f"model.preset={preset}", f"train.epochs={epochs}", f"train.patience={epochs}")
+def test_learns_and_beats_popularity(dataset, popularity, preset, epochs, falling, extra):
+    cfg = tiny_config(f"model.preset={preset}", f"train.epochs={epochs}", f"train.patience={epochs}", *extra)
     model, state, test = train_local(cfg, dataset, log=lambda s: None)
     assert state.step >= 200
     first, last = state.history[0]["train"], state.history[-1]["train"]

@@ -31,7 +31,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
             raise DatasetError(f"--option {pair!r} must look like key=value (e.g. --option num_users=1000)")
         if key in out:
             raise DatasetError(f"--option {key} is given twice")
-        out[key] = value.strip()
+        out[key] = value.strip() or value  # a bare tab or space is a value (a delimiter), not padding
     return out
 
 

@@ -32,6 +32,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 # -- train ------------------------------------------------------------------------------------------
 
+TRAIN_DESCRIPTION = """Train (or resume) a model with Ray Train, fed by Ray Data; writes a run directory.
+
+    raygr train --data datasets/synthetic --output runs/joint                    # local Ray, joint defaults
+    raygr train --config jobs/configs/beauty_joint.yaml --data datasets/beauty --output runs/beauty-joint \\
+        --set train.num_workers=2 --set train.epochs=5
+    raygr train ... --address auto      # or RAY_ADDRESS: join a running cluster (ray job submit sets it)
+
+Re-running the same command resumes from the run directory's latest checkpoint (or, when the run had
+finished, re-evaluates its best checkpoint). Writes config.yaml, checkpoints/{best,latest},
+metrics.json and learning_curve.png into --output."""
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--data", default=None, help="prepared dataset directory (default: data.path of the config)")
@@ -61,7 +72,7 @@ def train_command(args: argparse.Namespace) -> int:
 def add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train (or resume) a model with Ray Train; writes a run directory",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(p)
     p.set_defaults(func=train_command)
 

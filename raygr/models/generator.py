@@ -29,7 +29,9 @@ class CodeGenerator(nn.Module):
             return q @ self.suffix.weight.T
         C = codebooks[level]
         # Deeper residual codebooks are small: unit RMS gives every level the same logit range.
-        C = C / C.pow(2).mean().sqrt().clamp_min(1e-6)
+        # Clamp before the square root: an all-zero codebook (each item alone in its level-0 code, so
+        # no residual is left) would give sqrt an infinite gradient and NaN every loss.
+        C = C * C.pow(2).mean().clamp_min(1e-12).rsqrt()
         return q @ C.T + self.bias[level]
 
     def advance(self, s: torch.Tensor, level: int, code_vec: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from raygr.config import Config
@@ -102,7 +103,34 @@ def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print
         with torch.no_grad():
             ids = torch.arange(1, model.num_items + 1, device=model.quantizer.codebooks.device)
             model.quantizer.init_kmeans(model.encoder(ids), seed=cfg.train.seed)
+    else:  # "batch": codes seeded from one batch of items, no k-means iterations (cheap on huge catalogues)
+        with torch.no_grad():
+            g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+            n = min(model.num_items, max(cfg.train.batch_size, cfg.model.codes))
+            ids = (torch.randperm(model.num_items, generator=g)[:n] + 1).to(model.quantizer.codebooks.device)
+            model.quantizer.init_kmeans(model.encoder(ids), iters=0, seed=cfg.train.seed)
     model.refresh()
+
+
+def maybe_revive_codes(ctx: TrainContext, step: int) -> int:
+    """Every ``model.dead_code_steps`` steps, re-seed codes no batch has used for that long.
+
+    Collapsed codes never come back by gradient alone (nothing is assigned to them). The item sample
+    and the seed depend only on the step, and the usage record is all-reduced, so every DDP replica
+    re-seeds the same codes with the same vectors.
+    """
+    core, every = ctx.core, ctx.cfg.model.dead_code_steps
+    if every <= 0 or step % every or not isinstance(core, GenerativeRecommender) or core.tokenizer_frozen:
+        return 0
+    q = core.quantizer
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(q.last_used, op=dist.ReduceOp.MAX)
+    seed = ctx.cfg.train.seed + step
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    ids = (torch.randperm(core.num_items, generator=g)[:4096] + 1).to(q.codebooks.device)
+    with torch.no_grad():
+        z = core.encoder(ids)
+    return q.revive_dead_codes(z, step, every, seed)
 
 
 def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str], None] = print) -> None:
@@ -136,6 +164,10 @@ def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str]
         log(f"tokenizer epoch {epoch + 1}: loss {total / max(1, math.ceil(len(perm) / bs)):.4f}")
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the terms."""
+
+
 def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, float]:
     """One optimisation step; returns the unweighted terms, the total, the lr and the schedules."""
     cfg = ctx.cfg
@@ -146,15 +178,23 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     negatives = ctx.miner.negatives(batch.input.device)
     terms = ctx.model(batch, step, negatives)
     total, weights = ctx.weighter.combine(terms, step)
+    if not torch.isfinite(total):
+        # Stop here: one NaN step would poison every parameter, and the run would "finish" with NDCG 0.
+        bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))
+        raise NonFiniteLoss(f"the loss is {float(total.detach())} at step {step} (non-finite terms: "
+                            f"{', '.join(bad) or 'none'}; weights {weights}): lower train.lr, or check the data "
+                            "and model.codes")
     ctx.optimizer.zero_grad(set_to_none=True)
     total.backward()
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.train.grad_clip)
     ctx.optimizer.step()
     mined = ctx.miner.maybe_mine(ctx.core, batch, step)
+    revived = maybe_revive_codes(ctx, step)
     out = {k: float(v.detach()) for k, v in terms.items()}
     out.update(loss=float(total.detach()), lr=lr, tau=temperature(cfg.model.schedule, step),
-               sigma=noise_scale(cfg.model.schedule, step), mined=mined)
+               sigma=noise_scale(cfg.model.schedule, step), mined=mined,
+               revived=revived)
     if "ranker" in weights:
         out["w_ranker"] = weights["ranker"]
         out["w_generator"] = weights["generator"]

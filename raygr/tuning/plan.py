@@ -3,7 +3,7 @@
 A trial is a Ray Train run: a driver (the Tune function trainable that builds and waits on the
 ``TorchTrainer``) plus ``train.num_workers`` workers. Tune reserves only the driver; the workers get
 their own placement group from Ray Train, so the concurrency has to be derived here, from the
-cluster's resources and these per-trial needs, and handed to Tune as ``max_concurrent_trials``.
+cluster's resources and these per-trial needs, and handed to Tune as the search algorithm's ``max_concurrent``.
 """
 
 from __future__ import annotations

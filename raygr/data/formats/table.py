@@ -122,8 +122,12 @@ def table_spec(path: PathLike, *, user: str | None = None, item: str | None = No
     if not user or not item:
         raise DatasetError("format 'table' needs the column names: --option user=COLUMN --option item=COLUMN "
                            "(and usually --option time=COLUMN)")
+    # A literal tab is awkward on a command line: accept the spelled-out forms too.
+    delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(delimiter, delimiter)
+    if delimiter == "," and all(f.name.endswith((".tsv", ".tsv.gz")) for f in table_files(path)):
+        delimiter = "\t"  # .tsv means tab-separated unless the user says otherwise
     if len(delimiter) != 1:
-        raise DatasetError(f"option delimiter must be one character, got {delimiter!r}")
+        raise DatasetError(f"option delimiter must be one character (or 'tab'), got {delimiter!r}")
     items_path = existing(items, "item table") if items else None
     if items_path and not _table_kind(items_path):
         raise DatasetError(f"item table {items_path}: use a .parquet, .csv or .csv.gz file")
