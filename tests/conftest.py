@@ -14,13 +14,16 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray with 4 logical CPUs (more than the cores: see RAY_NOTES), shut down at session end."""
+    """The local Ray that `raygr` commands start (4 logical CPUs: more than the cores, see RAY_NOTES),
+    shared by the whole session. Started the same way as the product's, dashboard and pinned state-API
+    address included: Ray Train's placement-group cleaner polls that API, and with a second Ray on the
+    machine (the cluster end-to-end test, a developer's `ray start`) an unpinned one asks the wrong cluster."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        # address="local": always a fresh cluster, never one a developer left running.
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
+    from raygr.distributed.session import ray_session
+
+    if ray.is_initialized():
+        yield ray
+        return
+    with ray_session(None, num_cpus=4, log_to_driver=False):
+        yield ray
