@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="extra overrides for every preset")
+    ap.add_argument("--label", default="", help="suffix of the row and run names, e.g. 'cap50' for a variant")
     ap.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "raygr-bench" / "runs"))
     args = ap.parse_args()
     source = SHARED_DATA / "amazon-beauty"
@@ -54,9 +55,10 @@ def main() -> None:
                               [f"model.preset={preset}", f"train.epochs={args.epochs}",
                                f"train.num_workers={args.workers}", *args.set])
             t0 = time.perf_counter()
-            metrics = run_training(cfg, data, Path(args.runs) / f"beauty-{preset}", log=lambda m: print(m, flush=True))
+            name = f"{preset}-{args.label}" if args.label else preset
+            metrics = run_training(cfg, data, Path(args.runs) / f"beauty-{name}", log=lambda m: print(m, flush=True))
             metrics["bench_wall_s"] = time.perf_counter() - t0
-            rows[preset] = metrics
+            rows[name] = metrics
     # Presets can be run one at a time (each takes a while on 2 cores): earlier rows are kept.
     previous = RESULTS / "beauty.json"
     runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}

@@ -27,3 +27,11 @@ def ray_cluster():
         return
     with ray_session(None, num_cpus=4, log_to_driver=False):
         yield ray
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny synthetic dataset directory (tests.helpers.tiny_dataset), one per test module."""
+    from tests.helpers import tiny_dataset
+
+    return tiny_dataset(tmp_path_factory.mktemp("data")).root

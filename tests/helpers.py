@@ -21,3 +21,7 @@ def tiny_dataset(root: Path, num_users: int = 600, num_items: int = 80, seed: in
 
 def tiny_config(*overrides: str) -> Config:
     return load_config(None, [*TINY, *overrides])
+
+
+def quiet(_msg: str) -> None:
+    """A ``log`` callback that drops progress lines."""

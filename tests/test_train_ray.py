@@ -15,7 +15,7 @@ from raygr.data.dataset import DatasetError, write_dataset
 from raygr.data.synthetic import generate
 from raygr.distributed.train import FAULT_ENV, run_training
 from raygr.training.checkpoint import CheckpointError, RunDirError, read_checkpoint
-from tests.helpers import tiny_config, tiny_dataset
+from tests.helpers import quiet, tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -27,15 +27,6 @@ TINY = ["model.dim=16", "model.codes=16", "model.token_buckets=1024", "model.num
 
 def cfg(*overrides: str):
     return tiny_config(*TINY, *overrides)
-
-
-def quiet(_msg: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("data")).root
 
 
 @pytest.fixture(scope="module")

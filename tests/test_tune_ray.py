@@ -17,7 +17,7 @@ from raygr.distributed.tune import run_tune
 from raygr.training.checkpoint import read_checkpoint
 from raygr.training.local import train_local
 from raygr.tuning.report import ASHA, BEST_CHECKPOINT, BEST_CONFIG, COMPLETED, ERROR, SUMMARY, TRIALS_CSV
-from tests.helpers import tiny_config, tiny_dataset
+from tests.helpers import quiet, tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -36,15 +36,6 @@ SPACE = ("tune.space={model.dim: {grid: [16, 18]}, train.lr: {grid: [5.0e-3, 1.0
 
 def cfg(*overrides: str):
     return tiny_config(*TINY, SPACE, "tune.max_concurrent=1", *overrides)
-
-
-def quiet(_msg: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("data")).root
 
 
 @pytest.fixture(scope="module")
