@@ -117,7 +117,7 @@ def stop_cluster(cluster: Cluster, log: Callable[[str], None] = print) -> None:
             os.killpg(cluster.process.pid, signal.SIGKILL)
             cluster.process.wait()
     # The raylet's children (job drivers, Serve replicas) go with it; check that the GCS port is free.
-    wait_for(lambda: not port_open(cluster.gcs_port), 60, "the cluster to stop", cluster)
+    wait_for(lambda: not port_open(cluster.gcs_port), 60, "the cluster to stop")
     log("Ray head stopped")
 
 
@@ -136,11 +136,12 @@ def http_ok(url: str) -> bool:
 
 
 def wait_for(ready: Callable[[], bool], timeout_s: float, what: str, cluster: Cluster | None = None) -> None:
+    """Poll ``ready``; with ``cluster``, give up early if its head process exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready():
             return
-        if cluster is not None and cluster.process.poll() is not None and what != "the cluster to stop":
+        if cluster is not None and cluster.process.poll() is not None:
             raise E2EError(f"the Ray head exited (code {cluster.process.returncode}) while waiting for {what}; "
                            f"see {cluster.log}")
         time.sleep(1)

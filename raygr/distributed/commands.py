@@ -14,6 +14,7 @@ run the same code.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from raygr.config import ConfigError
@@ -69,32 +70,34 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(subparsers: argparse._SubParsersAction, name: str, help: str, description: str,
+              add_args: Callable[[argparse.ArgumentParser], None],
+              command: Callable[[argparse.Namespace], int]) -> None:
+    p = subparsers.add_parser(name, help=help, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    p.set_defaults(func=command)
+
+
 def add_train(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train", help="train (or resume) a model with Ray Train; writes a run directory",
-        description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_args(p)
-    p.set_defaults(func=train_command)
+    _register(subparsers, "train", "train (or resume) a model with Ray Train; writes a run directory",
+              TRAIN_DESCRIPTION, add_train_args, train_command)
 
 
 def add_serve(subparsers: argparse._SubParsersAction) -> None:
     from raygr.distributed.serve_cli import DESCRIPTION, add_serve_args, serve_command
 
-    p = subparsers.add_parser(
-        "serve", help="serve a checkpoint over HTTP with Ray Serve (retrieve-then-rank, batched, autoscaled)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_serve_args(p)
-    p.set_defaults(func=serve_command)
+    _register(subparsers, "serve",
+              "serve a checkpoint over HTTP with Ray Serve (retrieve-then-rank, batched, autoscaled)",
+              DESCRIPTION, add_serve_args, serve_command)
 
 
 def add_tune(subparsers: argparse._SubParsersAction) -> None:
     from raygr.distributed.tune_cli import DESCRIPTION, add_tune_args, tune_command
 
-    p = subparsers.add_parser(
-        "tune", help="search the Gumbel decay / loss-weight schedules with Ray Tune (each trial a Train run)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_tune_args(p)
-    p.set_defaults(func=tune_command)
+    _register(subparsers, "tune",
+              "search the Gumbel decay / loss-weight schedules with Ray Tune (each trial a Train run)",
+              DESCRIPTION, add_tune_args, tune_command)
 
 
 # -- kuberay ----------------------------------------------------------------------------------------
