@@ -77,9 +77,12 @@ def main() -> None:
     ap.add_argument("--num-items", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2, help="alternate local and Ray runs this many times")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for both sides")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads on both sides (the Ray worker's train.cpus_per_worker); 0 = every core")
+    ap.add_argument("--name", default="ray_overhead", help="result file name under benchmarks/results/")
     args = ap.parse_args()
 
-    cores = os.cpu_count() or 1
+    cores = args.threads or os.cpu_count() or 1
     overrides = [f"train.epochs={args.epochs}", "train.patience=1000", "train.log_every=0",
                  "data.num_eval_users=200", "train.num_workers=1", f"train.cpus_per_worker={cores}", *args.set]
     cfg = load_config(None, overrides)
@@ -119,7 +122,7 @@ def main() -> None:
           f"(target >= 0.9); input wait {100 * a['input_wait_fraction']:.1f}% (target < 10%); "
           f"wall per run: local {statistics.median(out['wall_s']['local']):.0f} s, "
           f"Ray {statistics.median(out['wall_s']['ray']):.0f} s")
-    write_result("ray_overhead", out)
+    write_result(args.name, out)
 
 
 if __name__ == "__main__":

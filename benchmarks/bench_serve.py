@@ -5,8 +5,10 @@
     python benchmarks/bench_serve.py --quick                           # short phases (a smoke run)
 
 Phases (each bounded in time and in requests), writing benchmarks/results/serve.json:
-  1. latency: 1 client, then 16 concurrent clients (closed loop), batched (serve.max_batch_size=32)
-  2. throughput with 16 clients, batched (32) vs unbatched (max_batch_size=1), one replica per role
+  1. latency: 1 client, then 16 concurrent clients (closed loop), batched (serve.max_batch_size=32,
+     serve.batch_wait_timeout_s=--batch-wait-s)
+  2. throughput with 16 and with 64 clients (64 saturates both modes), batched vs unbatched
+     (max_batch_size=1), one replica per role; CPU milliseconds per request by process (/proc)
   3. steady: an open-loop constant rate (half the batched throughput) for 60 s, counting 5xx
   4. failure drills under load: a Retriever replica is killed (``ray.kill``) with 2 replicas per model role,
      then with 1; the share of failed requests and the time until Serve has replaced the replica
@@ -217,6 +219,44 @@ def model_compute(checkpoint: Path, data: Path, bodies: list[dict], ds: Any) -> 
         torch.set_num_threads(threads)
 
 
+# Where a phase's CPU went: process groups, matched on /proc/PID/cmdline (Ray retitles its workers
+# "ray::ServeReplica:APP:DEPLOYMENT", "ray::ProxyActor", ...). First match wins.
+CPU_GROUPS = (("Ingress", (":Ingress",)), ("Retriever", (":Retriever",)), ("Ranker", (":Ranker",)),
+              ("Serve proxy", ("ProxyActor",)), ("Serve controller", ("ServeController",)),
+              ("raylet", ("raylet",)), ("GCS", ("gcs_server",)), ("other Ray processes", ("ray::", "/ray/")))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process group; the load generator is this process."""
+    out = {name: 0.0 for name, _ in CPU_GROUPS} | {"load generator (this process)": 0.0}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3 of stat(5)
+        used = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        if int(entry) == me:
+            out["load generator (this process)"] += used
+            continue
+        group = next((name for name, keys in CPU_GROUPS if any(k in cmd for k in keys)), None)
+        if group:
+            out[group] += used
+    return out
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """CPU milliseconds per answered request, by process group (processes that exited are not counted)."""
+    per = {k: round(1000 * (after[k] - before[k]) / max(requests, 1), 2) for k in after}
+    per["total"] = round(sum(per.values()), 2)
+    return per
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -242,8 +282,8 @@ def ensure_checkpoint(args: argparse.Namespace) -> tuple[Path, Path, dict[str, A
 class Service:
     """Deploys the app with a given ServeConfig (redeploying replaces it) on the bench's local Ray."""
 
-    def __init__(self, checkpoint: Path, data: Path, port: int):
-        self.checkpoint, self.data, self.port = checkpoint, data, port
+    def __init__(self, checkpoint: Path, data: Path, port: int, batch_wait_s: float = 0.03):
+        self.checkpoint, self.data, self.port, self.batch_wait_s = checkpoint, data, port, batch_wait_s
         self.url = f"http://127.0.0.1:{port}"
 
     def deploy(self, **overrides: Any) -> tuple[ServeConfig, float]:
@@ -271,7 +311,8 @@ def drill(service: Service, bodies: list[dict], replicas: int, rate: float, seco
 
     from raygr.distributed.serve import replica_actors
 
-    cfg, _ = service.deploy(max_batch_size=32, min_replicas=replicas, max_replicas=replicas)
+    cfg, _ = service.deploy(max_batch_size=32, batch_wait_timeout_s=service.batch_wait_s, min_replicas=replicas,
+                            max_replicas=replicas)
     deadline = time.monotonic() + 60
     while running_replicas("Retriever") < replicas and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -314,6 +355,8 @@ def main() -> None:
     p.add_argument("--steady-s", type=float, default=60.0, help="seconds of the steady run")
     p.add_argument("--drill-s", type=float, default=30.0, help="seconds of each failure drill")
     p.add_argument("--max-requests", type=int, default=20_000, help="cap on requests per phase")
+    p.add_argument("--batch-wait-s", type=float, default=0.03,
+                   help="serve.batch_wait_timeout_s of the batched deployments (the unbatched ones do not wait)")
     p.add_argument("--quick", action="store_true", help="5 s phases (a check that the script works)")
     p.add_argument("--output", default="serve", help="results name: benchmarks/results/NAME.json")
     args = p.parse_args()
@@ -348,41 +391,45 @@ def main() -> None:
     with ray_session(num_cpus=8, log_to_driver=False):
         from ray import serve
 
-        service = Service(checkpoint, data, args.port)
+        service = Service(checkpoint, data, args.port, args.batch_wait_s)
         phases = result["phases"]
         try:
             one = {"min_replicas": 1, "max_replicas": 1}
             for name, batch in (("batched", 32), ("unbatched", 1)):
-                cfg, deploy_s = service.deploy(max_batch_size=batch, **one)
+                wait = {"batch_wait_timeout_s": args.batch_wait_s} if batch > 1 else {}
+                cfg, deploy_s = service.deploy(max_batch_size=batch, **wait, **one)
                 closed_loop(service.url, bodies, 4, 3.0, 200)  # warm-up (allocators, first batches)
                 phase: dict[str, Any] = {"max_batch_size": batch, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
                                          "replicas_per_role": 1, "deploy_s": deploy_s}
-                for clients in (1, 16):
-                    la, before = loadavg(), batch_stats()
+                for clients in (1, 16, 64):
+                    la, before, cpu0 = loadavg(), batch_stats(), cpu_seconds()
                     load = closed_loop(service.url, bodies, clients, args.phase_s, args.max_requests)
-                    phase[f"clients_{clients}"] = {**load.summary(), "loadavg": la,
+                    cpu = cpu_per_request(cpu0, cpu_seconds(), load.status.get("200", 0))
+                    phase[f"clients_{clients}"] = {**load.summary(), "loadavg": la, "cpu_ms_per_request": cpu,
                                                    "mean_batch_size": batch_sizes(before, batch_stats())}
                     s = phase[f"clients_{clients}"]
                     print(f"{name:9s} {clients:2d} clients: {s['throughput_rps']:6.1f} req/s  p50 {s['p50_ms']:6.1f} ms"
                           f"  p99 {s['p99_ms']:6.1f} ms  failed {s['failed']}  batches {s['mean_batch_size']} "
-                          f"| load {la}", flush=True)
+                          f"| load {la}\n          CPU ms/request: {cpu}", flush=True)
                 la = loadavg()
                 phase["model_roles_only"] = {**model_roles_only(bodies, ds, 32, args.phase_s / 2, args.max_requests),
                                              "loadavg": la}
                 print(f"{name:9s} model roles only (handles, 32 in flight): "
                       f"{phase['model_roles_only']['throughput_rps']:6.1f} req/s | load {la}", flush=True)
                 phases[name] = phase
-            speedup = (phases["batched"]["clients_16"]["throughput_rps"]
-                       / max(phases["unbatched"]["clients_16"]["throughput_rps"], 1e-9))
+            speedup, speedup64 = ((phases["batched"][c]["throughput_rps"]
+                                   / max(phases["unbatched"][c]["throughput_rps"], 1e-9))
+                                  for c in ("clients_16", "clients_64"))
             result["batching_speedup_16_clients"] = speedup
+            result["batching_speedup_64_clients"] = speedup64
             model_speedup = (phases["batched"]["model_roles_only"]["throughput_rps"]
                              / max(phases["unbatched"]["model_roles_only"]["throughput_rps"], 1e-9))
             result["batching_speedup_model_roles_only"] = model_speedup
-            print(f"batching speed-up: {speedup:.2f}x over HTTP with 16 clients, {model_speedup:.2f}x for the model "
-                  "roles alone", flush=True)
+            print(f"batching speed-up: {speedup:.2f}x over HTTP with 16 clients, {speedup64:.2f}x with 64, "
+                  f"{model_speedup:.2f}x for the model roles alone (single-request handle calls)", flush=True)
 
             rate = round(0.5 * phases["batched"]["clients_16"]["throughput_rps"], 1)
-            service.deploy(max_batch_size=32, **one)
+            service.deploy(max_batch_size=32, batch_wait_timeout_s=args.batch_wait_s, **one)
             la = loadavg()
             steady = open_loop(service.url, bodies, rate, args.steady_s)
             phases["steady"] = {"offered_rps": rate, "max_batch_size": 32, **steady.summary(), "loadavg": la}
@@ -410,6 +457,9 @@ def main() -> None:
         "so a killed replica shows up as latency, not as errors",
         "mean_batch_size: requests per batch the Retriever/Ranker replicas ran during the phase",
         "model_compute_in_process: retrieve(50)+rank per request in one thread without Serve, batch 1 vs 32",
+        "cpu_ms_per_request: CPU time of each process group during the phase / answered requests (/proc stat)",
+        "model_roles_only: single-request handle calls (retrieve, rank), batched by the model replicas alone; the "
+        "ingress instead sends a whole batch per call (retrieve_many, rank_many)",
     ]
     write_result(args.output, result)
 

@@ -25,6 +25,8 @@ def test_shapes_differ_where_intended():
     cfg = ScheduleConfig(strategy="linear", tau_start=2, tau_end=1, sigma_start=1, sigma_end=0, horizon_steps=10)
     assert (temperature(cfg, 5), noise_scale(cfg, 5)) == (pytest.approx(1.5), pytest.approx(0.5))
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(100, 10, 100) == pytest.approx(0.05)
+    # lr_floor=1: constant after the warm-up (the SASRec reference setting of BENCHMARKS.md)
+    assert all(lr_factor(s, 10, 100, floor=1.0) == 1.0 for s in range(10, 200))
     assert temperature(cfg, 3) == temperature(cfg, 3)  # pure: no hidden state
 
 

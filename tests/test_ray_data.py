@@ -76,24 +76,30 @@ def test_ray_prepare_csv_with_item_table_and_errors(ray_cluster, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
-def test_pipeline_yields_the_numpy_windows(ray_cluster, tmp_path):
+@pytest.mark.parametrize("shuffle_buffer", [0, 100])
+def test_pipeline_yields_the_numpy_windows(ray_cluster, tmp_path, shuffle_buffer):
     from raygr.distributed.pipeline import iter_train_batches, training_dataset
 
     prepare("synthetic", None, tmp_path / "syn", options={"num_users": "300", "num_items": "50"},
             num_shards=3)
     T = 6
-    rows, shapes = [], set()
-    for batch in iter_train_batches(training_dataset(tmp_path / "syn", T), batch_size=64, drop_last=False):
+    rows, sizes = [], []
+    for batch in iter_train_batches(training_dataset(tmp_path / "syn", T), batch_size=64, drop_last=False,
+                                    shuffle_buffer=shuffle_buffer, seed=1):
         assert batch["input"].dtype == batch["target"].dtype == torch.int64
-        shapes.add(tuple(batch["input"].shape[1:]))
+        assert batch["input"].shape == batch["target"].shape and batch["input"].shape[1] == T
+        sizes.append(len(batch["input"]))
         rows.append(np.concatenate([batch["input"].numpy(), batch["target"].numpy()], axis=1))
     got = np.concatenate(rows)
     seqs = load_dataset(tmp_path / "syn").sequences
     ref = make_train_windows([seqs.sequence(u) for u in range(seqs.num_users)], T)
     want = np.concatenate([ref["input"], ref["target"]], axis=1)
-    assert shapes == {(T,)} and got.shape == want.shape and len(got) > 300
+    assert got.shape == want.shape and len(got) > 300
+    assert all(s == 64 for s in sizes[:-1]) and 0 < sizes[-1] <= 64  # full batches; only the last is short
 
     def canonical(a: np.ndarray) -> np.ndarray:  # block order may vary: compare as sorted multisets
         return a[np.lexsort(a.T[::-1])]
 
-    assert np.array_equal(canonical(got), canonical(want))
+    assert np.array_equal(canonical(got), canonical(want))  # every window exactly once
+    if shuffle_buffer:  # and not in the windows' own order
+        assert not np.array_equal(got, want)

@@ -18,6 +18,7 @@ from raygr.cli import main
 from raygr.config import ConfigError, ServeConfig
 from raygr.data.split import eval_examples, training_item_counts
 from raygr.distributed.serve import (
+    APP_NAME,
     Retriever,
     app_builder,
     build_app,
@@ -59,7 +60,8 @@ def service(ray_cluster, tmp_path_factory):
     sasrec = tiny_checkpoint(ds, root / "sasrec", "model.preset=sasrec", epochs=0)
     port = free_port()
     one = dict(min_replicas=1, max_replicas=1, port=port)
-    cfg = ServeConfig(max_batch_size=8, **one)
+    # A 50 ms window: the concurrent requests of the load test reliably share batches.
+    cfg = ServeConfig(max_batch_size=8, batch_wait_timeout_s=0.05, **one)
     strict = ServeConfig(history_policy="reject", max_k=5, **one)
     client = Client(f"http://127.0.0.1:{port}")
     try:  # Serve is shut down even if the setup fails half-way: later Ray tests share the cluster
@@ -102,8 +104,16 @@ def test_answers_equal_offline_retrieve_then_rank_under_concurrent_load(service)
         finally:
             client.close()
 
+    from ray import serve
+
+    stats = serve.get_deployment_handle("Retriever", app_name=APP_NAME).batch_stats
+    before = stats.remote().result()
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, rows, candidates))
+    after = stats.remote().result()
+    # The ingress sent concurrent requests in shared calls: fewer Retriever batches than requests.
+    assert after["requests"] - before["requests"] == len(rows)
+    assert after["batches"] - before["batches"] < len(rows)
     for row, c, (status, answer) in zip(rows, candidates, answers):
         assert status == 200, answer
         ids, scores = offline(model, row, 10, c, ds)

@@ -19,6 +19,7 @@ from raygr.serving.pipeline import (
     ServiceInfo,
     load_service,
     recommend,
+    recommend_batch,
     retrieval_width,
     serves_ranker,
     top_k,
@@ -190,6 +191,32 @@ def test_empty_history_gets_popular_items_without_calling_the_model(catalogue):
                         retrieve, rank))
     assert calls == [] and out["fallback"] is True and out["scored_by"] == "popularity"
     assert out["items"] == [{"item_id": "c", "score": 9.0}, {"item_id": "a", "score": 5.0}]
+
+
+def test_a_batch_makes_one_call_per_stage_and_each_answer_equals_the_request_alone(catalogue):
+    """What the ingress does with a batch: one Retriever call, one Ranker call, answers unchanged."""
+    retrieve, rank, _ = fake_stages([5, 2, 3, 1, 4], {1: 0.1, 2: 0.9, 3: 0.5, 4: 0.7, 5: 0.3})
+    reqs = [RecommendRequest((1, 2), k=2, candidates=3, exclude=frozenset({2})),
+            RecommendRequest((), k=2, candidates=10, exclude=frozenset()),  # popularity fallback
+            RecommendRequest((3,), k=1, candidates=2, exclude=frozenset({5, 2})),
+            RecommendRequest((4, 1, 2, 3, 5), k=3, candidates=4, exclude=frozenset(), truncated=2)]
+    batch_calls = []
+
+    async def retrieve_many(histories, widths):
+        batch_calls.append(("retrieve_many", histories, widths))
+        return [await retrieve(h, w) for h, w in zip(histories, widths)]
+
+    async def rank_many(histories, candidates):
+        batch_calls.append(("rank_many", histories, candidates))
+        return [await rank(h, c) for h, c in zip(histories, candidates)]
+
+    answers = run(recommend_batch(reqs, catalogue, INFO, retrieve_many, rank_many))
+    assert [c[0] for c in batch_calls] == ["retrieve_many", "rank_many"]
+    assert batch_calls[0][1] == [[1, 2], [3], [4, 1, 2, 3, 5]]  # the empty history never reaches a model
+    assert answers == [run(recommend(r, catalogue, INFO, retrieve, rank)) for r in reqs]
+    assert answers[1]["fallback"] and answers[3]["truncated"] and len(answers[3]["items"]) == 3
+    no_rank = run(recommend_batch(reqs, catalogue, INFO, retrieve_many, None))
+    assert no_rank == [run(recommend(r, catalogue, INFO, retrieve, None)) for r in reqs]
 
 
 def test_truncation_is_reported_in_the_answer(catalogue):

@@ -81,11 +81,36 @@ def iter_train_batches(ds: ray.data.Dataset | ray.data.DataIterator, batch_size:
                        seed: int | None = None, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Torch batches ``{"input": int64 [B, T], "target": int64 [B, T]}`` on ``device``.
 
-    ``shuffle_buffer`` > 0 shuffles windows locally within a buffer of that many rows (cheap; a global
-    ``random_shuffle`` would move every row between workers each epoch).
+    ``shuffle_buffer`` > 0 shuffles windows locally (a global ``random_shuffle`` would move every row
+    between workers each epoch): rows stream into a buffer and each batch is drawn at random from it
+    once it holds ``shuffle_buffer`` rows, so a row can travel far from its neighbours. These are the
+    semantics of Ray Data's ``local_shuffle_buffer_size``, in numpy: Ray's own cost 13% of the training
+    throughput with 2 torch threads on 2 cores (benchmarks/bench_ray_overhead.py).
     """
     import torch
 
-    return iter(ds.iter_torch_batches(
-        batch_size=batch_size, device=device, dtypes=torch.int64, drop_last=drop_last,
-        local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed))
+    if shuffle_buffer <= 0:
+        yield from ds.iter_torch_batches(batch_size=batch_size, device=device, dtypes=torch.int64,
+                                         drop_last=drop_last)
+        return
+
+    def to_torch(rows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in rows.items()}
+
+    rng = np.random.default_rng(seed)
+    buf = {"input": np.zeros((0, 0), np.int64), "target": np.zeros((0, 0), np.int64)}
+    for block in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        if len(buf["input"]) == 0:
+            buf = {k: np.asarray(block[k], np.int64) for k in buf}
+        else:
+            buf = {k: np.concatenate([buf[k], block[k]]) for k in buf}
+        while len(buf["input"]) >= shuffle_buffer + batch_size:
+            take = rng.choice(len(buf["input"]), batch_size, replace=False)
+            keep = np.ones(len(buf["input"]), bool)
+            keep[take] = False
+            yield to_torch({k: v[take] for k, v in buf.items()})
+            buf = {k: v[keep] for k, v in buf.items()}
+    rest = rng.permutation(len(buf["input"]))  # the stream ended: drain the buffer in random order
+    end = len(rest) if not drop_last else len(rest) // batch_size * batch_size
+    for start in range(0, end, batch_size):
+        yield to_torch({k: v[rest[start:start + batch_size]] for k, v in buf.items()})

@@ -1,7 +1,11 @@
 """Ray Serve: retrieve-then-rank as one deployment graph, each role batched and autoscaled on its own.
 
-    HTTP -> Ingress (FastAPI: validation, ids, fallback) -> Retriever (@serve.batch beam search)
-                                                         -> Ranker    (@serve.batch candidate scores)
+    HTTP -> Ingress (FastAPI: validation, ids, fallback) -> Retriever (batched beam search)
+                                                         -> Ranker    (batched candidate scores)
+
+Batching happens twice: each Ingress replica sends its concurrent requests to a model role as one call
+(``retrieve_many``/``rank_many``), and each model replica batches single-request calls (``retrieve``/``rank``,
+``@serve.batch``) from any other caller.
 
     app = build_app("runs/joint", "datasets/beauty", ServeConfig(max_batch_size=32))
     handle = run_app(app, serve_cfg)        # serve.start + serve.run; a running Ray session is needed
@@ -34,9 +38,8 @@ from ray.serve.handle import DeploymentHandle
 
 from raygr.config import ServeConfig, config_from_dict
 from raygr.serving.engine import BatchStats, Loader, ServingModel, load_serving_model, rank_batch, retrieve_batch
-from raygr.serving.pipeline import Retrieved, load_service, serves_ranker
-from raygr.serving.pipeline import recommend as retrieve_then_rank
-from raygr.serving.request import Limits, RequestError, parse_json, parse_request
+from raygr.serving.pipeline import Retrieved, load_service, recommend_batch, serves_ranker
+from raygr.serving.request import Limits, RecommendRequest, RequestError, parse_json, parse_request
 from raygr.training.checkpoint import read_checkpoint
 
 APP_NAME = "raygr"
@@ -98,6 +101,11 @@ class Retriever:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def retrieve(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
+        """One request per call; concurrent calls are batched here."""
+        return self.retrieve_many(histories, widths)
+
+    def retrieve_many(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
+        """A batch formed by the caller (the ingress batches its requests): one call, one forward pass."""
         self.stats.add(len(histories))
         return retrieve_batch(self.sm, histories, widths)
 
@@ -117,6 +125,11 @@ class Ranker:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def rank(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        """One request per call; concurrent calls are batched here."""
+        return self.rank_many(histories, candidates)
+
+    def rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        """A batch formed by the caller: one call, one forward pass."""
         self.stats.add(len(histories))
         return rank_batch(self.sm, histories, candidates)
 
@@ -134,12 +147,27 @@ class Ingress:
         self.retriever, self.ranker = retriever, ranker
         self.catalogue, self.info = load_service(checkpoint, dataset_dir)
         self.limits = Limits.from_config(serve_cfg, self.info.max_history)
+        self._answer.set_max_batch_size(serve_cfg.max_batch_size)
+        self._answer.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+        self.in_flight = 0  # /recommend requests inside this replica (one event loop: no lock needed)
 
-    async def _retrieve(self, history: list[int], width: int) -> Retrieved:
-        return await _with_retries(lambda: self.retriever.retrieve.remote(history, width))
+    # The ingress batches its concurrent requests too: a batch goes to the Retriever in one call, then to
+    # the Ranker in one call. On 2 cores one handle call costs more CPU than a request's model compute
+    # (docs/results.md, Serving); one batching wait covers both stages.
+    # A request that finds no other in the replica skips the window (recommend).
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _answer(self, reqs: list[RecommendRequest]) -> list[dict[str, Any]]:
+        return await self._answer_now(reqs)
 
-    async def _rank(self, history: list[int], candidates: list[int]) -> list[float]:
-        return await _with_retries(lambda: self.ranker.rank.remote(history, candidates))
+    async def _answer_now(self, reqs: list[RecommendRequest]) -> list[dict[str, Any]]:
+        return await recommend_batch(reqs, self.catalogue, self.info, self._retrieve_many,
+                                     self._rank_many if self.ranker is not None else None)
+
+    async def _retrieve_many(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
+        return await _with_retries(lambda: self.retriever.retrieve_many.remote(histories, widths))
+
+    async def _rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        return await _with_retries(lambda: self.ranker.rank_many.remote(histories, candidates))
 
     @api.post("/recommend")
     async def recommend(self, request: Request) -> JSONResponse:
@@ -147,12 +175,17 @@ class Ingress:
             req = parse_request(parse_json(await request.body()), self.catalogue, self.limits)
         except RequestError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
+        self.in_flight += 1
         try:
-            answer = await retrieve_then_rank(req, self.catalogue, self.info, self._retrieve,
-                                              self._rank if self.ranker is not None else None)
+            if self.in_flight == 1:  # alone: a batching window could only add latency
+                answer = (await self._answer_now([req]))[0]
+            else:
+                answer = await self._answer(req)
         except RETRYABLE as e:
             return JSONResponse({"error": f"no model replica could answer ({type(e).__name__}); retry shortly"},
                                 status_code=503)
+        finally:
+            self.in_flight -= 1
         return JSONResponse(answer)
 
     @api.get("/healthz")

@@ -1,11 +1,13 @@
-"""Retrieve-then-rank for one validated request, composed from two async stages.
+"""Retrieve-then-rank for validated requests, composed from two async stages.
 
+    answers = await recommend_batch(reqs, catalogue, info, retrieve_many, rank_many)   # the ingress
     answer = await recommend(req, catalogue, info, retrieve=retriever_call, rank=ranker_call)
 
-``retrieve(history, width)`` and ``rank(history, candidates)`` are awaitables: in production they are
-calls to the Retriever and Ranker deployments (each batched on its own replica), in tests plain
-coroutines over a local model. Without a ranker (``rank=None``: sasrec, tiger) the retrieval order is
-the answer, as in offline evaluation. An empty history gets the most popular training items.
+``retrieve_many(histories, widths)`` and ``rank_many(histories, candidates)`` are awaitables over a
+batch: in production one call each to the Retriever and Ranker deployments per batch of requests, in
+tests plain coroutines over a local model. ``recommend`` is the one-request form over per-request
+stages. Without a ranker (``rank=None``: sasrec, tiger) the retrieval order is the answer, as in
+offline evaluation. An empty history gets the most popular training items.
 
 With no ``exclude`` the answer equals ``model.recommend(history, k, candidates)`` offline: retrieve
 ``max(candidates, k)`` items, score them with the ranker, keep the top k. Excluded items are
@@ -28,6 +30,8 @@ from raygr.training.checkpoint import check_compatible, read_checkpoint
 Retrieved = tuple[list[int], list[float]]  # item_idx best first, and their scores
 RetrieveFn = Callable[[list[int], int], Awaitable[Retrieved]]
 RankFn = Callable[[list[int], list[int]], Awaitable[list[float]]]
+RetrieveManyFn = Callable[[list[list[int]], list[int]], Awaitable[list[Retrieved]]]
+RankManyFn = Callable[[list[list[int]], list[list[int]]], Awaitable[list[list[float]]]]
 
 
 @dataclass(frozen=True)
@@ -97,27 +101,54 @@ def top_k(items: Sequence[int], scores: Sequence[float], k: int) -> Retrieved:
 
 async def recommend(req: RecommendRequest, catalogue: Catalogue, info: ServiceInfo, retrieve: RetrieveFn,
                     rank: RankFn | None) -> dict[str, Any]:
-    history = list(req.history)
-    if not history:
-        items, scores = catalogue.popular(req.k, exclude=req.exclude)
-        scored_by, fallback, num_candidates = "popularity", True, 0
-    else:
-        got_items, got_scores = await retrieve(history, retrieval_width(req, len(catalogue)))
-        items, scores = without_excluded(got_items, got_scores, req.exclude, max(req.candidates, req.k))
-        num_candidates = len(items)
-        if rank is not None and items:
-            scores = list(await rank(history, items))
-            scored_by = "ranker"
-        else:
-            scored_by = "retriever"
-        items, scores = top_k(items, scores, req.k)
-        fallback = False
+    """One request, with per-request stages (tests, notebooks): ``recommend_batch`` of one."""
+    async def retrieve_many(histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
+        return [await retrieve(h, w) for h, w in zip(histories, widths)]
+
+    async def rank_many(histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        return [list(await rank(h, c)) for h, c in zip(histories, candidates)]  # type: ignore[misc]
+
+    return (await recommend_batch([req], catalogue, info, retrieve_many, rank_many if rank else None))[0]
+
+
+async def recommend_batch(reqs: Sequence[RecommendRequest], catalogue: Catalogue, info: ServiceInfo,
+                          retrieve_many: RetrieveManyFn, rank_many: RankManyFn | None) -> list[dict[str, Any]]:
+    """Answers for a batch of requests: one ``retrieve_many`` call, then one ``rank_many`` call.
+
+    Each request's answer is what it would get alone (batching never changes an answer).
+    """
+    live = [j for j, r in enumerate(reqs) if r.history]  # empty histories get the popularity fallback
+    histories = [list(reqs[j].history) for j in live]
+    got = await retrieve_many(histories, [retrieval_width(reqs[j], len(catalogue)) for j in live]) if live else []
+    kept = [without_excluded(items, scores, reqs[j].exclude, max(reqs[j].candidates, reqs[j].k))
+            for j, (items, scores) in zip(live, got)]
+    ranked = [j for j, (items, _) in enumerate(kept) if items] if rank_many is not None else []
+    if ranked:
+        scores = await rank_many([histories[j] for j in ranked], [kept[j][0] for j in ranked])
+        for j, s in zip(ranked, scores):
+            kept[j] = (kept[j][0], list(s))
+    by_req = dict(zip(live, kept))
+    out = []
+    for j, req in enumerate(reqs):
+        if j not in by_req:
+            items, scores = catalogue.popular(req.k, exclude=req.exclude)
+            out.append(_answer(req, catalogue, info, items, scores, "popularity", 0, len(req.history)))
+            continue
+        items, scores = by_req[j]
+        scored_by = "ranker" if rank_many is not None and items else "retriever"
+        top_items, top_scores = top_k(items, scores, req.k)
+        out.append(_answer(req, catalogue, info, top_items, top_scores, scored_by, len(items), len(req.history)))
+    return out
+
+
+def _answer(req: RecommendRequest, catalogue: Catalogue, info: ServiceInfo, items: Sequence[int],
+            scores: Sequence[float], scored_by: str, num_candidates: int, used: int) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "items": [{"item_id": i, "score": float(s)} for i, s in zip(catalogue.to_ids(items), scores)],
-        "model": info.preset, "dataset": info.dataset, "fallback": fallback, "scored_by": scored_by,
-        "num_candidates": num_candidates, "truncated": req.truncated > 0,
+        "model": info.preset, "dataset": info.dataset, "fallback": scored_by == "popularity",
+        "scored_by": scored_by, "num_candidates": num_candidates, "truncated": req.truncated > 0,
     }
     if req.truncated:
-        answer["notice"] = (f"history had {req.truncated + len(history)} items; only the newest {len(history)} "
+        answer["notice"] = (f"history had {req.truncated + used} items; only the newest {used} "
                             f"were used (data.max_history={info.max_history}, serve.history_policy=truncate)")
     return answer

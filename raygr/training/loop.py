@@ -172,7 +172,7 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     """One optimisation step; returns the unweighted terms, the total, the lr and the schedules."""
     cfg = ctx.cfg
     ctx.model.train()
-    lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, ctx.total_steps)
+    lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, ctx.total_steps, cfg.train.lr_floor)
     for group in ctx.optimizer.param_groups:
         group["lr"] = lr
     negatives = ctx.miner.negatives(batch.input.device)
