@@ -93,9 +93,16 @@ class ModelConfig:
     num_layers: int = 2  # Transformer blocks of the sequence encoder (shared by generator and ranker)
     num_heads: int = 2  # attention heads; model.dim must be divisible by it
     dropout: float = 0.2  # dropout of the sequence encoder (inputs, attention, MLP)
+    # Layer-normalise each history item's input vector (no parameters) before the position embedding.
+    # Without it the items enter ~10x smaller than the blocks' outputs and the newest item's identity
+    # fades: SASRec on Beauty reached validation N@10 .050 in 8 epochs with it, .033 without.
+    input_norm: bool = True
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
     use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
     ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID
+    # History items enter the sequence encoder as their SID code vectors plus an item-ID embedding
+    # (false: SID code vectors only). Items that share a SID prefix stay distinguishable in the history.
+    history_item_id: bool = False
     levels: int = 3  # SID levels L
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
@@ -112,6 +119,11 @@ class ModelConfig:
     target_assign_grad: float = 0.0
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
+    # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
+    # tokenizer too. N > 0: their code vectors come from a no-gradient pass over the catalogue redone
+    # every N steps; only the batch's own items are quantized with gradients. With the full catalogue as
+    # negatives (num_negatives >= items) the per-step pass over every item is most of a step's cost.
+    negative_codes_every: int = 0
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
     enhancer_every: int = 50  # steps between enhancer retrievals (0 = off)
     # How the loss terms are combined: fixed (the model.loss weights), scheduled (ranker and tokenizer
@@ -352,7 +364,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def config_from_dict(values: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+# Model keys whose default changed after checkpoints were written without them: a saved config that
+# lacks one was trained with the value here (see config_from_dict's ``legacy``).
+LEGACY_MODEL_DEFAULTS: dict[str, Any] = {"input_norm": False}
+
+
+def config_from_dict(values: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = (),
+                     legacy: bool = False) -> Config:
     values = dict(values or {})
     for text in overrides:
         path, value = parse_override(text)
@@ -365,6 +383,12 @@ def config_from_dict(values: dict[str, Any] | None, overrides: list[str] | tuple
             node = nxt
         node[path[-1]] = value
     preset = (values.get("model") or {}).get("preset", "joint")
+    if legacy:
+        # Keys added since a checkpoint was written take the value that reproduces that checkpoint.
+        model = dict(values.get("model") or {})
+        for key, old in LEGACY_MODEL_DEFAULTS.items():
+            model.setdefault(key, old)
+        values["model"] = model
     if preset not in PRESETS:
         raise ConfigError(f"config key 'model.preset' is {preset!r}; allowed values: {', '.join(PRESETS)}")
     merged = _deep_merge(PRESETS[preset], values)

@@ -114,11 +114,28 @@ def test_another_dataset_is_refused_with_both_names(trained, tmp_path):
 
 @pytest.mark.parametrize("override,key", [("model.dim=32", "model.dim"), ("model.levels=2", "model.levels"),
                                           ("data.max_history=10", "data.max_history"),
-                                          ("model.preset=sasrec", "model.preset")])
+                                          ("model.preset=sasrec", "model.preset"),
+                                          ("model.input_norm=false", "model.input_norm")])
 def test_a_differently_shaped_model_is_refused_naming_the_key(trained, override, key):
     info = read_checkpoint(trained["run"])
     with pytest.raises(CheckpointError, match=f"config key '{key}' is .* trained with"):
         check_compatible(info, tiny_config(*CFG, override), trained["ds"].manifest)
+
+
+def test_a_checkpoint_written_before_input_norm_loads_with_it_off(trained, tmp_path):
+    # Checkpoints from before model.input_norm existed were trained without it: loading must not
+    # silently switch it on (the default now), or the same weights would score differently.
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(read_checkpoint(trained["run"]).path, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["config"]["model"]["input_norm"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert read_checkpoint(trained["run"]).config.model.input_norm is True
+    assert read_checkpoint(old).config.model.input_norm is False
+    model, cfg, _ = load_model(old, trained["ds"])
+    assert cfg.model.input_norm is False and model.seq.input_norm is False
 
 
 def test_training_keys_may_change(trained):

@@ -43,3 +43,53 @@ def test_tiger_tokenizer_gets_no_gradient_from_the_generator(dataset):
     assert model.quantizer.codebooks.grad is None and model.encoder.bag.weight.grad is None
     assert not model.quantizer.codebooks.requires_grad
     assert any(p.grad is not None for p in model.generator.parameters())
+
+
+def test_reconstruction_loss_equals_the_dense_bag_cross_entropy(dataset):
+    # The loss reads the token buckets off with a gather; the dense target it replaces is the reference.
+    cfg = tiny_config("model.preset=joint")
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    ids = torch.arange(1, model.num_items + 1)
+    z = model.encoder(ids)
+    qo = model.quantizer(z, explore=False)
+    fast = model.tokenizer_losses(z, qo, ids, max_rows=len(ids))["reconstruction"]  # every row: order-free
+    logits = model.recon(qo.quantized) @ model.encoder.bag.weight.T
+    toks = model.encoder.tokens[ids]
+    target = torch.zeros_like(logits).scatter_add_(1, toks, torch.ones_like(toks, dtype=logits.dtype))
+    target[:, 0] = 0
+    has = target.sum(1) > 0
+    dense = -(torch.nn.functional.normalize(target[has], p=1, dim=1)
+              * torch.log_softmax(logits[has], -1)).sum(-1).mean()
+    assert has.any() and torch.allclose(fast, dense, atol=1e-5)
+
+
+def test_cached_negative_codes_train_the_ranker_and_refresh_on_schedule(dataset):
+    # negative_codes_every: the negatives' code vectors come from a no-gradient table, so only the
+    # batch's items are quantized with gradients; the table is rebuilt every N steps.
+    cfg = tiny_config("model.preset=joint", "model.negative_codes_every=3", "model.num_negatives=1000")
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    model.train()
+    from raygr.data.windows import make_train_windows_csr
+    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
+    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    every_item = torch.arange(1, model.num_items + 1)
+    terms = model.losses(batch, step=0, negatives=every_item)
+    table = model._neg_codes[1]
+    assert table.shape == (model.num_items + 1, cfg.model.levels, cfg.model.dim) and not table.requires_grad
+    model.zero_grad(set_to_none=True)
+    terms["ranker"].backward()
+    assert model.ranker.item_id.weight.grad[every_item].abs().sum(1).gt(0).float().mean() > 0.9  # negatives learn
+    assert model.encoder.bag.weight.grad.abs().sum() > 0  # the batch's own items reach the tokenizer
+    with torch.no_grad():
+        model.quantizer.codebooks.add_(0.5)  # parameters move: the table must follow on schedule
+    codes, _ = model.item_codes()
+    for level in range(cfg.model.levels):  # every code some item holds counts as used at the refresh
+        assert (model.quantizer.last_used[level, codes[:, level]] == 0).all()
+    model.losses(batch, step=2, negatives=every_item)
+    assert model._neg_codes[1] is table
+    model.losses(batch, step=3, negatives=every_item)
+    assert model._neg_codes[0] == 3 and not torch.equal(model._neg_codes[1], table)
+    codes, _ = model.item_codes()
+    assert all((model.quantizer.last_used[lv, codes[:, lv]] == 3).all() for lv in range(cfg.model.levels))

@@ -48,7 +48,7 @@ def test_frqud_adds_noise_only_to_over_used_codes():
     q = ResidualQuantizer(1, 4, 2, ScheduleConfig(strategy="frqud", sigma_start=5.0, frqud_threshold=2.0))
     q.code_freq[0] = torch.tensor([0.9, 0.05, 0.03, 0.02])  # code 0 over-used (> 2/4)
     clean = torch.tensor([0, 1, 2, 3, 0])
-    sigma = q.sigma(0, step=0, clean=clean)
+    sigma = q.sigma(0, step=0, logits=torch.nn.functional.one_hot(clean, 4).float())
     assert sigma.squeeze(1).tolist() == [5.0, 0.0, 0.0, 0.0, 5.0]
     # End to end: samples whose clean code is not over-used keep it, whatever the noise.
     z = q.codebooks[0].detach()[[1, 2, 3]] + 0.001
@@ -78,3 +78,14 @@ def test_kmeans_init_and_dead_code_revival():
     q.last_used.zero_()
     assert q.revive_dead_codes(z, step=1000, max_idle=10, seed=0) == 8
     assert not math.isnan(float(q.codebooks.detach().sum()))
+
+
+def test_standardised_logits_match_torch_std():
+    # The quantizer computes the row std by hand (speed); it must equal torch's unbiased std.
+    q = ResidualQuantizer(1, 16, 8, ScheduleConfig(strategy="constant", sigma_start=0.0))
+    q.eval()
+    z = torch.randn(32, 8)
+    dist = torch.cdist(z, q.codebooks[0].detach()).pow(2)
+    ref = -(dist - dist.mean(-1, keepdim=True)) / (dist.std(-1, keepdim=True) + 1e-6)
+    out = q(z)
+    assert torch.allclose(out.soft[:, 0], torch.softmax(ref, -1), atol=1e-5)

@@ -25,6 +25,8 @@ def popularity(dataset):
     # The enhancer off: its mined negatives get harder as the model improves, so with it the ranker's
     # loss may rise while the ranker gets better (tests/test_enhancer.py covers the mining).
     ("joint", 12, ["generator", "ranker", "reconstruction", "cost", "loss"], ["model.enhancer_every=0"]),
+    ("joint", 12, ["generator", "ranker", "loss"],  # the fast path: negatives' codes from a cached table
+     ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true"]),
     ("tiger", 30, ["generator"], []),  # cheaper steps: same wall time, more of them
     ("sasrec", 30, ["generator"], []),
 ])

@@ -47,7 +47,13 @@ class GenerativeRecommender(nn.Module):
         self.encoder = ItemEncoder(tokens, D, cfg.token_buckets, dense, use_item_id=cfg.use_item_id)
         self.quantizer = ResidualQuantizer(L, K, D, cfg.schedule)
         self.item_in = nn.Linear(L * D, D)  # history item = level-wise projection of its L code vectors
-        self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history)
+        self.history_id = nn.Embedding(num_items + 1, D, padding_idx=0) if cfg.history_item_id else None
+        if self.history_id is not None:
+            nn.init.normal_(self.history_id.weight, std=0.02)
+            with torch.no_grad():
+                self.history_id.weight[0].zero_()
+        self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
+                                   cfg.input_norm)
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix)
         self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id)
         self.recon = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, D))  # SID -> content (tied bag)
@@ -55,6 +61,7 @@ class GenerativeRecommender(nn.Module):
         self.trie: Trie | None = None
         self._item_inputs: torch.Tensor | None = None  # [N+1, D] inference cache
         self._rank_vecs: torch.Tensor | None = None  # [N+1, D]
+        self._neg_codes: tuple[int, torch.Tensor] | None = None  # (step, [N+1, L, D]) negative_codes_every
         self.tokenizer_frozen = False
 
     has_ranker = True
@@ -85,19 +92,29 @@ class GenerativeRecommender(nn.Module):
         z = self.encoder(ids)
         return z, self.quantizer(z, step)
 
+    def history_inputs(self, code_vecs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """code_vecs: [M, L, D] of items ids [M] -> their input vectors to the sequence encoder [M, D]."""
+        x = self.item_in(code_vecs.flatten(1))
+        return x + self.history_id(ids) if self.history_id is not None else x
+
     def tokenizer_losses(self, z: torch.Tensor, qo: QuantizerOutput, ids: torch.Tensor,
                          max_rows: int = 512) -> dict[str, torch.Tensor]:
         """Reconstruction, CoST and UniSID on up to ``max_rows`` of the batch's items, plus VQ terms."""
         rows = torch.randperm(len(ids), device=ids.device)[:max_rows]
         zq = qo.quantized[rows]
         bag_w = self.encoder.bag.weight  # [buckets, D], tied output layer of the reconstruction
-        logits = self.recon(zq) @ bag_w.T  # [R, buckets]
-        toks = self.encoder.tokens[ids[rows]]  # [R, W]
-        target = torch.zeros_like(logits).scatter_add_(1, toks, torch.ones_like(toks, dtype=logits.dtype))
-        target[:, 0] = 0  # padding bucket
-        has = target.sum(1) > 0
-        recon = -(F.normalize(target[has], p=1, dim=1) * F.log_softmax(logits[has], -1)).sum(-1).mean() \
-            if has.any() else logits.new_zeros(())
+        toks = self.encoder.tokens[ids[rows]]  # [R, W], bucket 0 = padding
+        w = (toks != 0).to(zq.dtype)
+        n = w.sum(1)
+        has = n > 0
+        if has.any():
+            # Cross-entropy against the item's normalised bag of token buckets, read off with a gather:
+            # the dense [R, buckets] target it equals would cost more than the logits themselves.
+            logits = self.recon(zq[has]) @ bag_w.T  # [R', buckets]
+            picked = (logits.gather(1, toks[has]) * w[has]).sum(1) / n[has]
+            recon = (torch.logsumexp(logits, -1) - picked).mean()
+        else:
+            recon = zq.new_zeros(())
         tau = self.cfg.temperature_contrast
         prefixes = qo.prefixes()[rows]  # [R, L, D]
         levels = prefixes.shape[1]
@@ -113,13 +130,15 @@ class GenerativeRecommender(nn.Module):
         cfg = self.cfg
         inp, tgt = batch.input, batch.target  # [B, T] each
         has_in, has_tgt = inp > 0, tgt > 0
-        ids, inverse = torch.unique(torch.cat([inp[has_in], tgt[has_tgt], negatives]), return_inverse=True)
+        cached = cfg.negative_codes_every > 0
+        quantized = [inp[has_in], tgt[has_tgt]] if cached else [inp[has_in], tgt[has_tgt], negatives]
+        ids, inverse = torch.unique(torch.cat(quantized), return_inverse=True)
         n_in, n_tgt = int(has_in.sum()), int(has_tgt.sum())
         in_rows, tgt_rows = inverse[:n_in], inverse[n_in:n_in + n_tgt]
         neg_rows = inverse[n_in + n_tgt:]
         z, qo = self.quantize_items(ids, step)
 
-        x_items = self.item_in(qo.code_vecs.flatten(1))  # [M, D]
+        x_items = self.history_inputs(qo.code_vecs, ids)  # [M, D]
         x = x_items.new_zeros(*inp.shape, x_items.shape[1])
         x[has_in] = x_items[in_rows]
         h = self.seq(x, ~has_in)[has_tgt]  # [P, D] states that have a next item
@@ -140,9 +159,20 @@ class GenerativeRecommender(nn.Module):
 
         if cfg.loss.ranker > 0:
             u = self.ranker.user_state(h)  # [P, D]
-            v = self.ranker.item_vectors(qo.code_vecs, ids)  # [M, D]
-            pos = (u * v[tgt_rows]).sum(-1, keepdim=True)  # [P, 1]
-            neg = u @ v[neg_rows].T  # [P, Nn]
+            if cached:
+                # The positive takes its forward value from the same table as the negatives: scored from
+                # fresh codes against stale ones, the ranker would learn to tell fresh from stale. Its
+                # gradient still reaches the tokenizer through the fresh codes (straight-through).
+                table = self.negative_code_vecs(step)
+                fresh = qo.code_vecs[tgt_rows]  # [P, L, D]
+                t = tgt[has_tgt]
+                v_pos = self.ranker.item_vectors(table[t] + fresh - fresh.detach(), t)
+                v_neg = self.ranker.item_vectors(table[negatives], negatives)
+            else:
+                v = self.ranker.item_vectors(qo.code_vecs, ids)  # [M, D]
+                v_pos, v_neg = v[tgt_rows], v[neg_rows]
+            pos = (u * v_pos).sum(-1, keepdim=True)  # [P, 1]
+            neg = u @ v_neg.T  # [P, Nn]
             neg = neg.masked_fill(negatives[None, :] == tgt[has_tgt][:, None], float("-inf"))
             if cfg.ranker_loss == "softmax":
                 terms["ranker"] = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(tgt_rows))
@@ -157,6 +187,24 @@ class GenerativeRecommender(nn.Module):
         return terms
 
     forward = losses  # so DDP wraps the loss computation
+
+    @torch.no_grad()
+    def negative_code_vecs(self, step: int) -> torch.Tensor:
+        """Code vectors [N+1, L, D] of every item (row 0 = padding), recomputed every negative_codes_every steps.
+
+        A pure function of the parameters at the refresh step, so DDP replicas hold the same table.
+        """
+        every = self.cfg.negative_codes_every
+        if self._neg_codes is None or not 0 <= step - self._neg_codes[0] < every:
+            codes, vecs = self.item_codes()
+            self._neg_codes = (step, torch.cat([vecs.new_zeros(1, *vecs.shape[1:]), vecs]))
+            if self.training:
+                # Only the batch's items are quantized with exploration now, so without this every code
+                # that no recent batch happened to use would look dead and be re-seeded under the items
+                # that hold it (maybe_revive_codes).
+                for level in range(codes.shape[1]):
+                    self.quantizer.last_used[level, codes[:, level]] = step
+        return self._neg_codes[1]
 
     # -- inference --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -180,7 +228,7 @@ class GenerativeRecommender(nn.Module):
         self.trie = Trie.from_table(self.table).to(dev)
         ids = torch.arange(1, self.num_items + 1, device=dev)
         pad = vecs.new_zeros(1, vecs.shape[-1])
-        self._item_inputs = torch.cat([pad, self.item_in(vecs.flatten(1))])
+        self._item_inputs = torch.cat([pad, self.history_inputs(vecs, ids)])
         self._rank_vecs = torch.cat([pad, self.ranker.item_vectors(vecs, ids)])
 
     def _ready(self) -> None:

@@ -26,7 +26,8 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        self.seq = SequenceEncoder(cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history)
+        self.seq = SequenceEncoder(cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
+                                   cfg.input_norm)
 
     def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         has_tgt = batch.target > 0

@@ -1,7 +1,9 @@
 """Causal Transformer over a user's history, shared by the generator, the ranker and SASRec.
 
 Histories are left-padded (newest item in the last column), so a position embedding indexed by
-column means "k steps before the end" for every user.
+column means "k steps before the end" for every user. With ``input_norm`` each item vector is
+layer-normalised (no parameters) before the position embedding is added: item embeddings start
+small (std .02), and without it the blocks' outputs swamp the item identities in the residual stream.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class Block(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    def __init__(self, dim: int, num_layers: int, num_heads: int, dropout: float, max_len: int):
+    def __init__(self, dim: int, num_layers: int, num_heads: int, dropout: float, max_len: int,
+                 input_norm: bool = True):
         super().__init__()
         self.max_len = max_len
+        self.input_norm = input_norm
         self.pos = nn.Embedding(max_len, dim)
         nn.init.normal_(self.pos.weight, std=0.02)  # the default N(0, 1) would drown the item inputs
         self.drop = nn.Dropout(dropout)
@@ -49,6 +53,8 @@ class SequenceEncoder(nn.Module):
         B, T, _ = x.shape
         if T > self.max_len:
             raise ValueError(f"history of length {T} exceeds the model's maximum {self.max_len}")
+        if self.input_norm:  # padding rows are zero vectors and stay zero
+            x = F.layer_norm(x, (x.shape[-1],))
         x = self.drop(x + self.pos.weight[self.max_len - T:][None])
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         # A query may see earlier non-padding keys and always itself (so padded rows are not all-masked).

@@ -53,6 +53,8 @@ CHECKPOINTS, BEST, LATEST = "checkpoints", "best", "latest"
 MODEL_SHAPE_KEYS = (
     "model.preset", "model.dim", "model.num_layers", "model.num_heads", "model.token_buckets",
     "model.use_item_id", "model.levels", "model.codes", "model.max_suffix", "data.max_history",
+    # input_norm has no parameters, but the weights only make sense with the inputs they were trained on.
+    "model.history_item_id", "model.input_norm",
 )
 
 
@@ -90,7 +92,7 @@ class CheckpointInfo:
     @property
     def config(self) -> Config:
         try:
-            return config_from_dict(self.meta["config"])
+            return config_from_dict(self.meta["config"], legacy=True)
         except ConfigError as e:
             raise CheckpointError(f"checkpoint {self.path} holds a config this raygr cannot read: {e}") from None
 
