@@ -97,6 +97,9 @@ class ModelConfig:
     # Without it the items enter ~10x smaller than the blocks' outputs and the newest item's identity
     # fades: SASRec on Beauty reached validation N@10 .050 in 8 epochs with it, .033 without.
     input_norm: bool = True
+    # sasrec: score with the input item embeddings (tied) or with a separate output embedding table.
+    # Untied reached validation N@10 .060 on Beauty in 8 epochs, tied .050 (docs/results.md).
+    tie_embeddings: bool = True
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
     use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
     ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID

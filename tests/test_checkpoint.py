@@ -115,7 +115,8 @@ def test_another_dataset_is_refused_with_both_names(trained, tmp_path):
 @pytest.mark.parametrize("override,key", [("model.dim=32", "model.dim"), ("model.levels=2", "model.levels"),
                                           ("data.max_history=10", "data.max_history"),
                                           ("model.preset=sasrec", "model.preset"),
-                                          ("model.input_norm=false", "model.input_norm")])
+                                          ("model.input_norm=false", "model.input_norm"),
+                                          ("model.tie_embeddings=false", "model.tie_embeddings")])
 def test_a_differently_shaped_model_is_refused_naming_the_key(trained, override, key):
     info = read_checkpoint(trained["run"])
     with pytest.raises(CheckpointError, match=f"config key '{key}' is .* trained with"):

@@ -29,6 +29,7 @@ def popularity(dataset):
      ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true"]),
     ("tiger", 30, ["generator"], []),  # cheaper steps: same wall time, more of them
     ("sasrec", 30, ["generator"], []),
+    ("sasrec", 30, ["generator"], ["model.tie_embeddings=false"]),  # a separate output table
 ])
 def test_learns_and_beats_popularity(dataset, popularity, preset, epochs, falling, extra):
     cfg = tiny_config(f"model.preset={preset}", f"train.epochs={epochs}", f"train.patience={epochs}", *extra)

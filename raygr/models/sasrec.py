@@ -26,17 +26,25 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        # Untied, the output table learns what an item is as a next item, the input one what it says
+        # about the user; tied, one table has to serve both.
+        self.out_emb = None if cfg.tie_embeddings else nn.Embedding(num_items + 1, cfg.dim)
+        if self.out_emb is not None:
+            nn.init.normal_(self.out_emb.weight, std=0.02)
         self.seq = SequenceEncoder(cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
                                    cfg.input_norm)
 
     def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         has_tgt = batch.target > 0
         h = self.seq(self.item_emb(batch.input), batch.input == 0)[has_tgt]  # [P, D]
-        logits = h @ self.item_emb.weight.T  # [P, N+1] tied output embeddings
+        logits = h @ self.output_table().T  # [P, N+1]
         logits[:, 0] = float("-inf")
         return {"generator": F.cross_entropy(logits, batch.target[has_tgt])}
 
     forward = losses  # so DDP wraps the loss computation
+
+    def output_table(self) -> torch.Tensor:
+        return (self.out_emb if self.out_emb is not None else self.item_emb).weight  # [N+1, D]
 
     def refresh(self) -> None:  # nothing cached
         pass
@@ -44,7 +52,7 @@ class SASRec(nn.Module):
     @torch.no_grad()
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         h = self.seq(self.item_emb(history), history == 0)[:, -1]  # [B, D]
-        s = h @ self.item_emb.weight.T  # [B, N+1]
+        s = h @ self.output_table().T  # [B, N+1]
         s[:, 0] = float("-inf")
         return s
 
