@@ -120,6 +120,10 @@ class ModelConfig:
     # the CE alone can be lowered by mapping items onto a few easy codes (collapse); the target's
     # code vectors and the history items reach the tokenizer through the straight-through path anyway.
     target_assign_grad: float = 0.0
+    # How much of the generator CE's gradient reaches the shared sequence encoder (0..1). The ranker
+    # and the generator read the same user state; at 1 the generator's gradient dominates the shared
+    # encoder and the ranker learns far more slowly than the same ranker alone (docs/results.md).
+    generator_encoder_grad: float = 1.0
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
@@ -152,6 +156,7 @@ class ModelConfig:
         _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
         _check(self.temperature_contrast > 0, "model.temperature_contrast", "must be > 0")
         _check(0 <= self.target_assign_grad <= 1, "model.target_assign_grad", "must be in [0, 1]")
+        _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         self.schedule.validate()
         self.loss.validate()
 

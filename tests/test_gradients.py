@@ -93,3 +93,43 @@ def test_cached_negative_codes_train_the_ranker_and_refresh_on_schedule(dataset)
     assert model._neg_codes[0] == 3 and not torch.equal(model._neg_codes[1], table)
     codes, _ = model.item_codes()
     assert all((model.quantizer.last_used[lv, codes[:, lv]] == 3).all() for lv in range(cfg.model.levels))
+
+
+def test_generator_encoder_grad_scales_only_what_reaches_the_shared_encoder(dataset):
+    # The generator and the ranker read one user state; generator_encoder_grad scales the generator's
+    # gradient into the sequence encoder and leaves its forward value and its own head untouched.
+    import dataclasses
+
+    from raygr.training.weighting import LossWeighter
+
+    cfg = tiny_config("model.preset=joint")
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    model.train()
+    from raygr.data.windows import make_train_windows_csr
+    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
+    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+
+    def generator_pass(g):
+        model.cfg = dataclasses.replace(cfg.model, generator_encoder_grad=g)
+        torch.manual_seed(0)  # same Gumbel noise and dropout for every g
+        terms = model.losses(batch, step=0, negatives=torch.arange(1, 20))
+        model.zero_grad(set_to_none=True)
+        terms["generator"].backward(retain_graph=True)
+        seq = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                         for p in model.seq.parameters()])
+        head = torch.cat([p.grad.flatten() for p in model.generator.query.parameters()])
+        return terms, seq, head, model.quantizer.codebooks.grad.clone()
+
+    _, seq1, head1, cb1 = generator_pass(1.0)
+    terms_q, seq_q, head_q, _ = generator_pass(0.25)
+    terms0, seq0, head0, cb0 = generator_pass(0.0)
+    assert seq1.abs().sum() > 0 and seq0.abs().sum() == 0
+    assert torch.allclose(seq_q, 0.25 * seq1, atol=1e-7, rtol=1e-4)
+    assert torch.allclose(head0, head1) and torch.allclose(head_q, head1)  # the head learns at full rate
+    assert cb0.abs().sum() > 0  # the tied codebooks still learn from the generator
+    # Adaptive weighting balances gradients on the shared encoder: a term cut off from it has nothing
+    # to balance, so the weights stay at their base values instead of blowing up.
+    weighter = LossWeighter(model.cfg, model.seq.shared_parameters(), every=1)
+    weighter.combine(terms0, step=0)
+    assert weighter.adaptive == {"generator": 1.0, "ranker": 1.0}

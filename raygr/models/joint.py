@@ -145,7 +145,9 @@ class GenerativeRecommender(nn.Module):
 
         # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
         terms: dict[str, torch.Tensor] = {}
-        s, gen = h, h.new_zeros(())
+        g = cfg.generator_encoder_grad
+        s = h if g == 1 else h.detach() + g * (h - h.detach())  # forward value unchanged, gradient scaled
+        gen = h.new_zeros(())
         for level in range(cfg.levels):
             logits = self.generator.logits(s, level, self.quantizer.codebooks)
             a = qo.assign[tgt_rows, level]

@@ -61,7 +61,9 @@ class LossWeighter:
         norms = {}
         for k in present:
             grads = torch.autograd.grad(terms[k], self.shared, retain_graph=True, allow_unused=True)
-            norms[k] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None)) + 1e-12
+            norms[k] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+        if min(norms.values()) == 0:  # a term cut off from the shared parameters: nothing to balance
+            return
         g_mean = math.exp(sum(math.log(g) for g in norms.values()) / len(norms))
         for k, g in norms.items():
             target = (g_mean / g) ** self.cfg.gradnorm_alpha
