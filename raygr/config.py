@@ -106,6 +106,11 @@ class ModelConfig:
     # History items enter the sequence encoder as their SID code vectors plus an item-ID embedding
     # (false: SID code vectors only). Items that share a SID prefix stay distinguishable in the history.
     history_item_id: bool = False
+    # The SID parts of the ranker and of the history inputs become residual branches that start at zero:
+    # user state = h + MLP(h), item = ID embedding + MLP(codes), history item = ID embedding + proj(codes).
+    # Training starts as an ID model (SASRec) and learns what the SIDs add; needs ranker_item_id and
+    # history_item_id. On Beauty the ranker alone reached validation N@10 .057 with it, .044 without.
+    sid_residual: bool = False
     levels: int = 3  # SID levels L
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
@@ -124,6 +129,9 @@ class ModelConfig:
     # and the generator read the same user state; at 1 the generator's gradient dominates the shared
     # encoder and the ranker learns far more slowly than the same ranker alone (docs/results.md).
     generator_encoder_grad: float = 1.0
+    # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
+    # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
+    generator_mlp: bool = False
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
@@ -156,6 +164,8 @@ class ModelConfig:
         _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
         _check(self.temperature_contrast > 0, "model.temperature_contrast", "must be > 0")
         _check(0 <= self.target_assign_grad <= 1, "model.target_assign_grad", "must be in [0, 1]")
+        _check(not self.sid_residual or (self.ranker_item_id and self.history_item_id), "model.sid_residual",
+               "needs model.ranker_item_id=true and model.history_item_id=true (the ID paths it starts from)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         self.schedule.validate()
         self.loss.validate()

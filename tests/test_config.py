@@ -33,6 +33,7 @@ def test_dump_round_trips(tmp_path):
     ("model.preset=bert4rec", "allowed values: joint, tiger, sasrec"),
     ("train.use_gpu=maybe", "must be true or false"),
     ("nosection=1", "unknown config key 'nosection'"),
+    ("model.sid_residual=true", "needs model.ranker_item_id=true and model.history_item_id=true"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

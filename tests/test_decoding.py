@@ -9,9 +9,9 @@ from raygr.models.sid import SIDTable
 class RandomDecoder:
     """A random generator head over random codebooks: enough to compare two searches."""
 
-    def __init__(self, levels, codes, suffix, dim=8, seed=0):
+    def __init__(self, levels, codes, suffix, dim=8, seed=0, mlp=False):
         torch.manual_seed(seed)
-        self.gen = CodeGenerator(dim, levels, codes, suffix)
+        self.gen = CodeGenerator(dim, levels, codes, suffix, mlp)
         self.codebooks = torch.randn(levels, codes, dim)
 
     def level_logits(self, s, level):
@@ -28,10 +28,11 @@ def random_table(num_items, levels, codes, max_suffix, seed):
     return SIDTable.from_codes(codes_t, codes, max_suffix)
 
 
-@pytest.mark.parametrize("seed, num_items, beam", [(0, 60, 5), (1, 200, 20), (2, 30, 10)])
-def test_parity_with_reference(seed, num_items, beam):
+@pytest.mark.parametrize("seed, num_items, beam, mlp", [(0, 60, 5, False), (1, 200, 20, False), (2, 30, 10, False),
+                                                      (3, 200, 20, True)])  # model.generator_mlp
+def test_parity_with_reference(seed, num_items, beam, mlp):
     table = random_table(num_items, 3, 6, 8, seed)
-    dec = RandomDecoder(3, 6, 8, seed=seed)
+    dec = RandomDecoder(3, 6, 8, seed=seed, mlp=mlp)
     s0 = torch.randn(7, 8)
     items, scores = beam_search(dec, s0, Trie.from_table(table), beam=beam)
     ref_items, ref_scores = reference_beam_search(dec, s0, table, beam=beam)

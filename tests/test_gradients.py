@@ -133,3 +133,28 @@ def test_generator_encoder_grad_scales_only_what_reaches_the_shared_encoder(data
     weighter = LossWeighter(model.cfg, model.seq.shared_parameters(), every=1)
     weighter.combine(terms0, step=0)
     assert weighter.adaptive == {"generator": 1.0, "ranker": 1.0}
+
+
+def test_sid_residual_starts_as_an_id_model_and_its_sid_branches_learn(dataset):
+    # With model.sid_residual the ranker scores <h, item-ID embedding> and history items enter as their
+    # ID embeddings at step 0 (SASRec), while the zero-initialised SID branches still get gradients.
+    cfg = tiny_config("model.preset=joint", "model.history_item_id=true", "model.sid_residual=true")
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    ids = torch.arange(1, model.num_items + 1)
+    codes = model.quantizer(model.encoder(ids), explore=False).code_vecs  # [N, L, D]
+    h = torch.randn(5, cfg.model.dim)
+    assert torch.equal(model.ranker.user_state(h), h)
+    assert torch.equal(model.ranker.item_vectors(codes, ids), model.ranker.item_id(ids))
+    assert torch.equal(model.history_inputs(codes, ids), model.history_id(ids))
+
+    model.train()
+    from raygr.data.windows import make_train_windows_csr
+    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
+    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    terms = model.losses(batch, step=0, negatives=torch.arange(1, 20))
+    (terms["ranker"] + terms["generator"]).backward()
+    for name, layer in [("user", model.ranker.user[-1]), ("item", model.ranker.item[-1]), ("item_in", model.item_in)]:
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0, f"{name} branch gets no gradient"
+    # The ranker's SID branches are zero at step 0, so the tokenizer learns from the generator until they grow.
+    assert model.quantizer.codebooks.grad.abs().sum() > 0

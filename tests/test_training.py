@@ -27,6 +27,10 @@ def popularity(dataset):
     ("joint", 12, ["generator", "ranker", "reconstruction", "cost", "loss"], ["model.enhancer_every=0"]),
     ("joint", 12, ["generator", "ranker", "loss"],  # the fast path: negatives' codes from a cached table
      ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true"]),
+    # The Beauty recipe: residual SID branches, MLP generator steps, the encoder trained by the ranker alone.
+    ("joint", 12, ["generator", "ranker", "loss"],
+     ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true",
+      "model.sid_residual=true", "model.generator_mlp=true", "model.generator_encoder_grad=0"]),
     ("tiger", 30, ["generator"], []),  # cheaper steps: same wall time, more of them
     ("sasrec", 30, ["generator"], []),
     ("sasrec", 30, ["generator"], ["model.tie_embeddings=false"]),  # a separate output table

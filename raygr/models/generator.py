@@ -1,6 +1,8 @@
 """Generator head: predicts the next item's SID level by level from the user state.
 
     s_0 = h;  logits_l = query_l(s_l) . codebook_l + bias_l;  s_{l+1} = s_l + step_l(code vector_l)
+    (mlp=True: s_{l+1} = s_l + MLP_l([s_l, code vector_l]), so a deeper level's logits can depend on
+    the state and the chosen prefix jointly; residual codes mean different things under different prefixes)
 
 Output embeddings are the quantizer's codebooks themselves (tied), and teacher forcing feeds the
 target's straight-through code vectors, so the generator loss reaches the codebooks and, through
@@ -14,12 +16,16 @@ from torch import nn
 
 
 class CodeGenerator(nn.Module):
-    def __init__(self, dim: int, levels: int, codes: int, max_suffix: int):
+    def __init__(self, dim: int, levels: int, codes: int, max_suffix: int, mlp: bool = False):
         super().__init__()
         self.levels = levels
+        self.mlp = mlp
         self.query = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(levels + 1))
         self.bias = nn.Parameter(torch.zeros(levels, codes))
-        self.step = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
+        def step() -> nn.Module:
+            return nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)) if mlp \
+                else nn.Linear(dim, dim)
+        self.step = nn.ModuleList(step() for _ in range(levels))
         self.suffix = nn.Embedding(max_suffix, dim)
 
     def logits(self, s: torch.Tensor, level: int, codebooks: torch.Tensor) -> torch.Tensor:
@@ -36,4 +42,6 @@ class CodeGenerator(nn.Module):
 
     def advance(self, s: torch.Tensor, level: int, code_vec: torch.Tensor) -> torch.Tensor:
         """State after choosing the level's code whose vector is ``code_vec`` [..., D]."""
+        if self.mlp:
+            return s + self.step[level](torch.cat([s, code_vec.expand_as(s)], -1))
         return s + self.step[level](code_vec)

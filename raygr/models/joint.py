@@ -54,8 +54,11 @@ class GenerativeRecommender(nn.Module):
                 self.history_id.weight[0].zero_()
         self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
                                    cfg.input_norm)
-        self.generator = CodeGenerator(D, L, K, cfg.max_suffix)
-        self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id)
+        self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp)
+        self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual)
+        if cfg.sid_residual:  # history items start as their ID embeddings; the SID projection grows in
+            nn.init.zeros_(self.item_in.weight)
+            nn.init.zeros_(self.item_in.bias)
         self.recon = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, D))  # SID -> content (tied bag)
         self.table: SIDTable | None = None
         self.trie: Trie | None = None

@@ -11,16 +11,22 @@ from torch import nn
 
 
 class Ranker(nn.Module):
-    def __init__(self, dim: int, levels: int, num_items: int, use_item_id: bool):
+    def __init__(self, dim: int, levels: int, num_items: int, use_item_id: bool, residual: bool = False):
         super().__init__()
         self.user = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.item = nn.Sequential(nn.Linear(levels * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.item_id = nn.Embedding(num_items + 1, dim) if use_item_id else None
         if self.item_id is not None:
             nn.init.normal_(self.item_id.weight, std=0.02)
+        self.residual = residual
+        if residual:
+            # Both branches start at zero: scores begin as SASRec's <h, item-ID embedding>.
+            for branch in (self.user[-1], self.item[-1]):
+                nn.init.zeros_(branch.weight)
+                nn.init.zeros_(branch.bias)
 
     def user_state(self, h: torch.Tensor) -> torch.Tensor:
-        return self.user(h)  # [..., D]
+        return h + self.user(h) if self.residual else self.user(h)  # [..., D]
 
     def item_vectors(self, code_vecs: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """code_vecs: [M, L, D] per-level code vectors; item_idx: [M]. Returns [M, D]."""
