@@ -37,7 +37,7 @@ def stage_metrics(model, examples, candidates: list[int], batch: int = 64) -> di
         for c in candidates:
             cands, _ = model.retrieve(hist, k=c)
             beam_ranks[c].append(ranks_from_lists(cands, tgt))
-            rec, _ = model.recommend(hist, k=10, num_candidates=c)
+            rec, _ = model.rerank(hist, cands, k=10)  # = model.recommend(hist, 10, c), one beam search
             pipe_ranks[c].append(ranks_from_lists(rec, tgt))
     ranker = np.concatenate(ranker_ranks)
     out = {"ranker": _ndcg_recall(ranker), "num_users": len(examples)}

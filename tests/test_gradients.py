@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from raygr.data.windows import make_train_windows_csr
 from raygr.models.factory import build_model
 from raygr.training.batch import TrainBatch
 from raygr.training.loop import initialise
@@ -14,14 +15,17 @@ def dataset(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("grad"))
 
 
+def first_batch(dataset, cfg) -> TrainBatch:
+    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
+    return TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+
+
 def generator_grads(dataset, preset):
     cfg = tiny_config(f"model.preset={preset}", "train.tokenizer_epochs=1")
     model = build_model(cfg, dataset)
     initialise(model, cfg, log=lambda s: None)
     model.train()
-    from raygr.data.windows import make_train_windows_csr
-    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
-    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    batch = first_batch(dataset, cfg)
     terms = model.losses(batch, step=0, negatives=torch.arange(1, 20))
     model.zero_grad(set_to_none=True)
     if terms["generator"].requires_grad:
@@ -71,9 +75,7 @@ def test_cached_negative_codes_train_the_ranker_and_refresh_on_schedule(dataset)
     model = build_model(cfg, dataset)
     initialise(model, cfg, log=lambda s: None)
     model.train()
-    from raygr.data.windows import make_train_windows_csr
-    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
-    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    batch = first_batch(dataset, cfg)
     every_item = torch.arange(1, model.num_items + 1)
     terms = model.losses(batch, step=0, negatives=every_item)
     table = model._neg_codes[1]
@@ -106,9 +108,7 @@ def test_generator_encoder_grad_scales_only_what_reaches_the_shared_encoder(data
     model = build_model(cfg, dataset)
     initialise(model, cfg, log=lambda s: None)
     model.train()
-    from raygr.data.windows import make_train_windows_csr
-    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
-    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    batch = first_batch(dataset, cfg)
 
     def generator_pass(g):
         model.cfg = dataclasses.replace(cfg.model, generator_encoder_grad=g)
@@ -149,9 +149,7 @@ def test_sid_residual_starts_as_an_id_model_and_its_sid_branches_learn(dataset):
     assert torch.equal(model.history_inputs(codes, ids), model.history_id(ids))
 
     model.train()
-    from raygr.data.windows import make_train_windows_csr
-    w = make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items, cfg.data.max_history)
-    batch = TrainBatch.from_mapping({k: v[:32] for k, v in w.items()})
+    batch = first_batch(dataset, cfg)
     terms = model.losses(batch, step=0, negatives=torch.arange(1, 20))
     (terms["ranker"] + terms["generator"]).backward()
     for name, layer in [("user", model.ranker.user[-1]), ("item", model.ranker.item[-1]), ("item_in", model.item_in)]:

@@ -271,6 +271,11 @@ class GenerativeRecommender(nn.Module):
     def recommend(self, history: torch.Tensor, k: int, num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Retrieve ``num_candidates`` by beam search, re-score with the ranker, return the top k."""
         cands, _ = self.retrieve(history, k=max(num_candidates, k))
-        scores = self.rank(history, cands)
-        top = scores.topk(min(k, cands.shape[1]), dim=1)
-        return cands.gather(1, top.indices), top.values
+        return self.rerank(history, cands, k)
+
+    @torch.no_grad()
+    def rerank(self, history: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranker's top k [B, k] of candidates [B, C], with their scores."""
+        scores = self.rank(history, candidates)
+        top = scores.topk(min(k, candidates.shape[1]), dim=1)
+        return candidates.gather(1, top.indices), top.values
