@@ -139,7 +139,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     steps_per_epoch = max(1, math.ceil((n_windows // world) / batch_size))
 
     model = build_model(cfg, dataset).to(device)
-    ctx, state, run = _start_or_resume(model, cfg, dataset.manifest, steps_per_epoch, device, rank, world, log)
+    ctx, state, run = _start_or_resume(model, cfg, dataset.manifest, steps_per_epoch, device, rank, world, log,
+                                       job.get("resume_dir"))
     shard = ray.train.get_dataset_shard("train")
     fault = FaultSpec(**job["fault"]) if job.get("fault") else None
     wait = InputTimer()
@@ -180,15 +181,18 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
 
 def _start_or_resume(model: torch.nn.Module, cfg: Config, manifest: dict[str, Any], steps_per_epoch: int,
-                     device: torch.device, rank: int, world: int, log: Callable[[str], None]
-                     ) -> tuple[TrainContext, TrainState, dict[str, Any]]:
-    """Initialise a new run, or restore the latest checkpoint Ray hands this worker group.
+                     device: torch.device, rank: int, world: int, log: Callable[[str], None],
+                     resume_dir: str | None = None) -> tuple[TrainContext, TrainState, dict[str, Any]]:
+    """Initialise a new run, or restore the latest checkpoint Ray hands this worker group (after a
+    failure in this run), else RUN_DIR/checkpoints/latest as it was when the run started (``resume_dir``).
 
     Returns the context, the TrainState, and the run record that rides in each checkpoint's meta
     (epochs it resumed at, per-epoch input wait, hardware).
     """
     hw = hardware(world, cfg.train.use_gpu)
     resume = ray.train.get_checkpoint()
+    if resume is None and resume_dir is not None:
+        resume = Checkpoint.from_directory(resume_dir)
     if resume is None:
         initialise(model, cfg, log)
         ctx = _context(model, cfg, steps_per_epoch, device, rank, world)
@@ -301,8 +305,13 @@ def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[
     """``callbacks`` join PublishCheckpoints (Tune adds its reporter); ``gpus_per_worker`` lets Tune
     trials share a GPU (default: one GPU per worker when train.use_gpu)."""
     t = cfg.train
+    # RUN_DIR/checkpoints/latest is what a re-run resumes from. Ray's own record (RUN_DIR/ray) would do
+    # as well, but not for a run directory that was copied or moved or lost ray/: without this, such a
+    # run would start again from epoch 1. (Ray 2.60 rejects TorchTrainer(resume_from_checkpoint=...).)
+    latest = run_dir / CHECKPOINTS / LATEST
     job = {"config": config_to_dict(cfg), "dataset_dir": str(dataset_dir),
-           "fault": None if fault is None else fault.__dict__}
+           "fault": None if fault is None else fault.__dict__,
+           "resume_dir": str(latest) if latest_checkpoint(run_dir) is not None else None}
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu and gpus_per_worker is not None:
         resources["GPU"] = gpus_per_worker
