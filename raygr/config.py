@@ -132,6 +132,10 @@ class ModelConfig:
     # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
     # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
     generator_mlp: bool = False
+    # Share of the generator's per-level target taken from the ranker (0..1): the ranker's softmax over
+    # the items sharing the target's SID prefix, summed by their next code; the rest is the one-hot
+    # next item. The generator then learns which codes the ranker rates, not only the observed one.
+    generator_distill: float = 0.0
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
@@ -167,6 +171,9 @@ class ModelConfig:
         _check(not self.sid_residual or (self.ranker_item_id and self.history_item_id), "model.sid_residual",
                "needs model.ranker_item_id=true and model.history_item_id=true (the ID paths it starts from)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
+        _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
+        _check(self.generator_distill == 0 or self.loss.ranker > 0, "model.generator_distill",
+               "learns from the ranker: needs model.loss.ranker > 0 (or set it to 0)")
         self.schedule.validate()
         self.loss.validate()
 
@@ -185,6 +192,12 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without validation NDCG@10 improvement
     beam_size: int = 20  # offline evaluation: beam width of the retrieval (at least 20, the largest K)
     num_candidates: int = 50  # offline retrieve-then-rank: candidates handed to the ranker
+    # > 0: retrieve SID prefixes instead of whole SIDs. The beam search decodes only the first
+    # prefix_levels codes, keeps train.num_prefixes prefixes, and every item under them goes to the
+    # ranker (train.num_candidates is then unused). The beam's costly deep levels are replaced by
+    # ranker dot products, which tell apart the few items under one prefix far better (docs/results.md).
+    prefix_levels: int = 0
+    num_prefixes: int = 100  # with train.prefix_levels > 0: prefixes the beam search keeps
     eval_batch_size: int = 512  # users per batch in validation and test
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False  # train on GPUs, one per worker
@@ -200,6 +213,8 @@ class TrainConfig:
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
         _check(self.beam_size >= 1, "train.beam_size", "must be >= 1")
         _check(self.num_candidates >= 1, "train.num_candidates", "must be >= 1")
+        _check(self.prefix_levels >= 0, "train.prefix_levels", "must be >= 0 (0 = retrieve whole SIDs)")
+        _check(self.num_prefixes >= 1, "train.num_prefixes", "must be >= 1")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
 
@@ -261,6 +276,8 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        _check(self.train.prefix_levels <= self.model.levels, "train.prefix_levels",
+               f"must be <= model.levels ({self.model.levels}): a prefix is at most the whole code sequence")
         return self
 
 

@@ -34,10 +34,12 @@ def test_dump_round_trips(tmp_path):
     ("train.use_gpu=maybe", "must be true or false"),
     ("nosection=1", "unknown config key 'nosection'"),
     ("model.sid_residual=true", "needs model.ranker_item_id=true and model.history_item_id=true"),
+    ("model.generator_distill=1.5", "'model.generator_distill' must be in"),
+    ("model.preset=tiger model.generator_distill=0.5", "needs model.loss.ranker > 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_bad_file(tmp_path):

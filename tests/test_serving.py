@@ -5,12 +5,13 @@ popularity fallback, batched inference equal to the model's own calls, and retri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from raygr.config import ServeConfig, load_config
+from raygr.config import ServeConfig, load_config, replace
 from raygr.data.split import eval_examples, training_item_counts
 from raygr.metrics import popularity_ranking
 from raygr.serving.catalogue import Catalogue
@@ -281,6 +282,39 @@ def test_retrieve_then_rank_equals_model_recommend_offline(served):
         ref_items, ref_scores = sm.model.recommend(torch.from_numpy(row[None]), k=10, num_candidates=20)
         assert [x["item_id"] for x in out["items"]] == [ids[i - 1] for i in ref_items[0].tolist()]
         assert np.allclose([x["score"] for x in out["items"]], ref_scores[0].tolist(), atol=1e-5)
+
+
+def test_prefix_retrieval_serves_what_offline_evaluation_ranks(served):
+    """train.prefix_levels in the served config: every item under the best prefixes reaches the ranker
+    (the request's candidates unused), excluded ones dropped first, as ``model.recommend`` offline."""
+    sm0, ds, cat = served["sm"], served["ds"], served["catalogue"]
+    cfg = replace(sm0.cfg, ["train.prefix_levels=1", "train.num_prefixes=10"])
+    sm = dataclasses.replace(sm0, cfg=cfg)
+    info = dataclasses.replace(served["info"], prefix_levels=1)
+    limits = Limits.from_config(ServeConfig(), info.max_history)
+    ex = eval_examples(ds.sequences, "test", sm.max_history)
+
+    async def retrieve(history, width):
+        return retrieve_batch(sm, [history], [width])[0]
+
+    async def rank(history, candidates):
+        return rank_batch(sm, [history], [candidates])[0]
+
+    ids = ds.items.item_id
+    for row in ex.history[:6]:
+        hist = torch.from_numpy(row[None])
+        cands, _ = sm.model.retrieve_prefixes(hist, 1, 10)
+        assert int((cands > 0).sum()) > 10  # more than the request's candidates below: none is cut off
+        body = {"history": [ids[i - 1] for i in row if i > 0], "k": 10, "candidates": 10}
+        out = run(recommend(parse_request(body, cat, limits), cat, info, retrieve, rank))
+        ref_items, _ = sm.model.recommend(hist, k=10, num_candidates=10, prefix_levels=1, num_prefixes=10)
+        assert [x["item_id"] for x in out["items"]] == [ids[i - 1] for i in ref_items[0].tolist()]
+        assert out["num_candidates"] == int((cands > 0).sum())
+        # An excluded item never comes back; the rest of the prefixes' items are still ranked.
+        body["exclude"] = [ids[int(ref_items[0, 0]) - 1]]
+        again = run(recommend(parse_request(body, cat, limits), cat, info, retrieve, rank))
+        assert [x["item_id"] for x in again["items"]] == [x["item_id"] for x in out["items"]][1:] + \
+            [again["items"][-1]["item_id"]]
 
 
 def test_a_checkpoint_refuses_another_dataset(served, tmp_path):

@@ -37,6 +37,34 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+@torch.no_grad()
+def ranker_code_targets(pos: torch.Tensor, neg: torch.Tensor, target_codes: torch.Tensor,
+                        neg_codes: torch.Tensor, num_codes: int) -> list[torch.Tensor]:
+    """The ranker's softmax over items, summed into the generator's per-level code distributions.
+
+    Level l's target is P_ranker(code_l | the target's codes before l): the items that share the
+    target's prefix, their probabilities summed by their code at l. A generator that matched every
+    level would score each item as the ranker does (chain rule), so its beam search would find
+    what the ranker ranks high, not only the one observed next item.
+
+    Args:
+        pos: [P, 1] and neg: [P, Nn] ranker logits (-inf = excluded). target_codes: [P, L] the
+        targets' codes (the generator's teacher-forced prefix). neg_codes: [Nn, L] the negatives' codes.
+    Returns:
+        L tensors [P, K], each row a distribution.
+    """
+    p = torch.softmax(torch.cat([pos, neg], 1).float(), -1)
+    p_pos, p_neg = p[:, :1], p[:, 1:]  # [P, 1], [P, Nn]
+    targets = []
+    for level in range(target_codes.shape[1]):
+        mine = target_codes[:, level : level + 1]  # [P, 1]
+        q = p.new_zeros(p.shape[0], num_codes).index_add_(1, neg_codes[:, level], p_neg)
+        q.scatter_add_(1, mine, p_pos)  # the target is always in its own prefix: q's rows never sum to 0
+        targets.append(q / q.sum(-1, keepdim=True))
+        p_neg = p_neg * (neg_codes[None, :, level] == mine)
+    return targets
+
+
 class GenerativeRecommender(nn.Module):
     def __init__(self, cfg: ModelConfig, tokens: torch.Tensor, num_items: int, max_history: int,
                  dense: torch.Tensor | None = None):
@@ -64,7 +92,9 @@ class GenerativeRecommender(nn.Module):
         self.trie: Trie | None = None
         self._item_inputs: torch.Tensor | None = None  # [N+1, D] inference cache
         self._rank_vecs: torch.Tensor | None = None  # [N+1, D]
-        self._neg_codes: tuple[int, torch.Tensor] | None = None  # (step, [N+1, L, D]) negative_codes_every
+        self._prefix_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # retrieve_prefixes' groups
+        # (step, code vectors [N+1, L, D], codes [N+1, L]) every negative_codes_every steps
+        self._neg_codes: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.tokenizer_frozen = False
 
     has_ranker = True
@@ -146,31 +176,17 @@ class GenerativeRecommender(nn.Module):
         x[has_in] = x_items[in_rows]
         h = self.seq(x, ~has_in)[has_tgt]  # [P, D] states that have a next item
 
-        # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
         terms: dict[str, torch.Tensor] = {}
-        g = cfg.generator_encoder_grad
-        s = h if g == 1 else h.detach() + g * (h - h.detach())  # forward value unchanged, gradient scaled
-        gen = h.new_zeros(())
-        for level in range(cfg.levels):
-            logits = self.generator.logits(s, level, self.quantizer.codebooks)
-            a = qo.assign[tgt_rows, level]
-            a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
-            gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
-            s = self.generator.advance(s, level, qo.code_vecs[tgt_rows, level])
-        if self.table is not None:
-            suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
-            gen = gen + F.cross_entropy(self.generator.logits(s, cfg.levels, self.quantizer.codebooks), suffix)
-        terms["generator"] = gen / (cfg.levels + 1)
-
+        teacher: list[torch.Tensor] | None = None
         if cfg.loss.ranker > 0:
             u = self.ranker.user_state(h)  # [P, D]
+            t = tgt[has_tgt]
             if cached:
                 # The positive takes its forward value from the same table as the negatives: scored from
                 # fresh codes against stale ones, the ranker would learn to tell fresh from stale. Its
                 # gradient still reaches the tokenizer through the fresh codes (straight-through).
                 table = self.negative_code_vecs(step)
                 fresh = qo.code_vecs[tgt_rows]  # [P, L, D]
-                t = tgt[has_tgt]
                 v_pos = self.ranker.item_vectors(table[t] + fresh - fresh.detach(), t)
                 v_neg = self.ranker.item_vectors(table[negatives], negatives)
             else:
@@ -178,12 +194,33 @@ class GenerativeRecommender(nn.Module):
                 v_pos, v_neg = v[tgt_rows], v[neg_rows]
             pos = (u * v_pos).sum(-1, keepdim=True)  # [P, 1]
             neg = u @ v_neg.T  # [P, Nn]
-            neg = neg.masked_fill(negatives[None, :] == tgt[has_tgt][:, None], float("-inf"))
+            neg = neg.masked_fill(negatives[None, :] == t[:, None], float("-inf"))
             if cfg.ranker_loss == "softmax":
                 terms["ranker"] = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(tgt_rows))
             else:
                 finite = torch.isfinite(neg)
                 terms["ranker"] = F.softplus(-pos).mean() + (F.softplus(neg) * finite).sum() / finite.sum()
+            if cfg.generator_distill > 0:
+                neg_codes = self._neg_codes[2][negatives] if cached else qo.codes[neg_rows]
+                teacher = ranker_code_targets(pos, neg, qo.codes[tgt_rows], neg_codes, cfg.codes)
+
+        # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
+        g = cfg.generator_encoder_grad
+        s = h if g == 1 else h.detach() + g * (h - h.detach())  # forward value unchanged, gradient scaled
+        alpha = cfg.generator_distill if teacher is not None else 0.0
+        gen = h.new_zeros(())
+        for level in range(cfg.levels):
+            logits = self.generator.logits(s, level, self.quantizer.codebooks)
+            a = qo.assign[tgt_rows, level]
+            a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
+            if alpha > 0:
+                a = (1 - alpha) * a + alpha * teacher[level]
+            gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
+            s = self.generator.advance(s, level, qo.code_vecs[tgt_rows, level])
+        if self.table is not None:
+            suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
+            gen = gen + F.cross_entropy(self.generator.logits(s, cfg.levels, self.quantizer.codebooks), suffix)
+        terms["generator"] = gen / (cfg.levels + 1)
 
         if not self.tokenizer_frozen:
             terms.update(self.tokenizer_losses(z, qo, ids))
@@ -202,7 +239,8 @@ class GenerativeRecommender(nn.Module):
         every = self.cfg.negative_codes_every
         if self._neg_codes is None or not 0 <= step - self._neg_codes[0] < every:
             codes, vecs = self.item_codes()
-            self._neg_codes = (step, torch.cat([vecs.new_zeros(1, *vecs.shape[1:]), vecs]))
+            self._neg_codes = (step, torch.cat([vecs.new_zeros(1, *vecs.shape[1:]), vecs]),
+                               torch.cat([codes.new_zeros(1, codes.shape[1]), codes]))
             if self.training:
                 # Only the batch's items are quantized with exploration now, so without this every code
                 # that no recent batch happened to use would look dead and be re-seeded under the items
@@ -231,6 +269,7 @@ class GenerativeRecommender(nn.Module):
         dev = vecs.device
         self.table = SIDTable.from_codes(codes.cpu(), self.cfg.codes, self.cfg.max_suffix)
         self.trie = Trie.from_table(self.table).to(dev)
+        self._prefix_cache = {}
         ids = torch.arange(1, self.num_items + 1, device=dev)
         pad = vecs.new_zeros(1, vecs.shape[-1])
         self._item_inputs = torch.cat([pad, self.history_inputs(vecs, ids)])
@@ -268,9 +307,56 @@ class GenerativeRecommender(nn.Module):
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     @torch.no_grad()
-    def recommend(self, history: torch.Tensor, k: int, num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Retrieve ``num_candidates`` by beam search, re-score with the ranker, return the top k."""
-        cands, _ = self.retrieve(history, k=max(num_candidates, k))
+    def retrieve_prefixes(self, history: torch.Tensor, levels: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item under the ``width`` best SID prefixes of ``levels`` codes [B, C] (0 = empty slot).
+
+        The beam search decodes only the first ``levels`` codes; the items come grouped by prefix, best
+        prefix first, each scored [B, C] with its prefix's log-probability (-inf in empty slots). C is
+        the largest number of items any user gets in the batch.
+        """
+        s0 = self.user_states(history)
+        trie = Trie(self.trie.child[:levels], self.trie.vocab[:levels])
+        nodes, scores = beam_search(self, s0, trie, beam=width)  # [B, W] prefix nodes
+        order, offsets = self._prefix_groups(levels)
+        valid = torch.isfinite(scores)
+        nodes = nodes.clamp(min=0)
+        starts = offsets[nodes]
+        counts = torch.where(valid, offsets[nodes + 1] - starts, torch.zeros_like(starts))  # [B, W]
+        ends = counts.cumsum(1)  # [B, W] inclusive
+        slot = torch.arange(max(int(ends[:, -1].max()), 1), device=s0.device)  # [C]
+        which = torch.searchsorted(ends, slot.expand(len(ends), -1).contiguous(), right=True)  # [B, C]
+        which = which.clamp(max=nodes.shape[1] - 1)
+        pos = starts.gather(1, which) + slot - (ends - counts).gather(1, which)
+        filled = slot < ends[:, -1:]
+        items = torch.where(filled, order[pos.clamp(max=len(order) - 1)], torch.zeros_like(pos))
+        return items, scores.gather(1, which).masked_fill(~filled, float("-inf"))
+
+    def _prefix_groups(self, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items 1..N sorted by their prefix node at depth ``levels`` [N'], and each node's offset [nodes + 1]."""
+        if levels not in self._prefix_cache:
+            codes = self.table.codes.to(self.trie.child[0].device)
+            node = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
+            for level in range(levels):
+                node = self.trie.child[level][node.clamp(min=0), codes[:, level]].where(node >= 0, node)
+            node[0] = -1  # padding
+            items = torch.nonzero(node >= 0).squeeze(1)
+            order = items[torch.argsort(node[items], stable=True)]
+            counts = torch.bincount(node[items], minlength=int(self.trie.child[levels - 1].max()) + 1)
+            self._prefix_cache[levels] = (order, F.pad(counts.cumsum(0), (1, 0)))
+        return self._prefix_cache[levels]
+
+    def candidates(self, history: torch.Tensor, num_candidates: int, prefix_levels: int = 0,
+                   num_prefixes: int = 0) -> torch.Tensor:
+        """What retrieval hands the ranker [B, C]: whole SIDs, or every item under the best prefixes."""
+        if prefix_levels > 0:
+            return self.retrieve_prefixes(history, prefix_levels, num_prefixes)[0]
+        return self.retrieve(history, k=num_candidates)[0]
+
+    @torch.no_grad()
+    def recommend(self, history: torch.Tensor, k: int, num_candidates: int, prefix_levels: int = 0,
+                  num_prefixes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Retrieve candidates (see ``candidates``), re-score them with the ranker, return the top k."""
+        cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes)
         return self.rerank(history, cands, k)
 
     @torch.no_grad()
@@ -278,4 +364,6 @@ class GenerativeRecommender(nn.Module):
         """The ranker's top k [B, k] of candidates [B, C], with their scores."""
         scores = self.rank(history, candidates)
         top = scores.topk(min(k, candidates.shape[1]), dim=1)
-        return candidates.gather(1, top.indices), top.values
+        items = candidates.gather(1, top.indices).masked_fill(~torch.isfinite(top.values), 0)
+        pad = k - items.shape[1]  # fewer candidates than k: empty slots, as retrieve gives them
+        return F.pad(items, (0, pad)), F.pad(top.values, (0, pad), value=float("-inf"))

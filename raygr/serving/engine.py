@@ -83,7 +83,16 @@ def pad_histories(histories: Sequence[Sequence[int]], width: int) -> torch.Tenso
 
 @torch.no_grad()
 def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths: Sequence[int]) -> list[Retrieved]:
-    """Top-``widths[i]`` items for each history, best first; empty slots (small catalogues) left out."""
+    """Top-``widths[i]`` items for each history, best first; empty slots (small catalogues) left out.
+
+    With ``train.prefix_levels`` set in the checkpoint's config, each history gets every item under its
+    ``train.num_prefixes`` best SID prefixes instead (as offline evaluation does), widths unused.
+    """
+    t = sm.cfg.train
+    if t.prefix_levels > 0 and sm.cfg.model.preset != "sasrec" and sm.cfg.model.loss.ranker > 0:
+        hist = pad_histories(histories, sm.max_history).to(sm.device)
+        items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes)  # [B, C] each
+        return [_valid(its, scs) for its, scs in zip(items.tolist(), scores.tolist())]
     out: list[Retrieved | None] = [None] * len(histories)
     by_width: dict[int, list[int]] = defaultdict(list)
     for i, w in enumerate(widths):

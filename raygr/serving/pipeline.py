@@ -12,6 +12,8 @@ offline evaluation. An empty history gets the most popular training items.
 With no ``exclude`` the answer equals ``model.recommend(history, k, candidates)`` offline: retrieve
 ``max(candidates, k)`` items, score them with the ranker, keep the top k. Excluded items are
 retrieved in addition and dropped before ranking, so the ranker still sees that many candidates.
+With ``train.prefix_levels`` in the checkpoint's config the candidates are every item under the
+``train.num_prefixes`` best SID prefixes (a request's ``candidates`` is then unused), as offline.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ class ServiceInfo:
     checkpoint: str
     checkpoint_epoch: int
     ranker: bool  # retrieve-then-rank (True) or retrieval only
+    prefix_levels: int = 0  # > 0: the retriever hands over every item under its best SID prefixes
 
     def metadata(self, limits: Limits) -> dict[str, Any]:
         return {"model": self.preset, "dataset": self.dataset, "catalogue_size": self.num_items,
                 "levels": self.levels, "max_history": self.max_history, "checkpoint": self.checkpoint,
                 "checkpoint_epoch": self.checkpoint_epoch,
                 "mode": "retrieve_then_rank" if self.ranker else "retrieval_only",
+                "prefix_levels": self.prefix_levels,
                 "limits": {"max_k": limits.max_k, "default_candidates": limits.default_candidates,
                            "max_candidates": limits.max_candidates, "max_exclude": limits.max_exclude,
                            "history_policy": limits.history_policy}}
@@ -78,7 +82,8 @@ def load_service(checkpoint: str | Path, dataset_dir: str | Path) -> tuple[Catal
     levels = None if cfg.model.preset == "sasrec" else cfg.model.levels
     return catalogue, ServiceInfo(preset=cfg.model.preset, dataset=catalogue.name, num_items=len(catalogue),
                                   levels=levels, max_history=cfg.data.max_history, checkpoint=str(info.path),
-                                  checkpoint_epoch=info.epoch, ranker=serves_ranker(cfg))
+                                  checkpoint_epoch=info.epoch, ranker=serves_ranker(cfg),
+                                  prefix_levels=cfg.train.prefix_levels if serves_ranker(cfg) else 0)
 
 
 def retrieval_width(req: RecommendRequest, num_items: int) -> int:
@@ -120,7 +125,9 @@ async def recommend_batch(reqs: Sequence[RecommendRequest], catalogue: Catalogue
     live = [j for j, r in enumerate(reqs) if r.history]  # empty histories get the popularity fallback
     histories = [list(reqs[j].history) for j in live]
     got = await retrieve_many(histories, [retrieval_width(reqs[j], len(catalogue)) for j in live]) if live else []
-    kept = [without_excluded(items, scores, reqs[j].exclude, max(reqs[j].candidates, reqs[j].k))
+    # Prefix retrieval's candidates are every item under the best prefixes: none is cut off.
+    kept = [without_excluded(items, scores, reqs[j].exclude,
+                             len(items) if info.prefix_levels else max(reqs[j].candidates, reqs[j].k))
             for j, (items, scores) in zip(live, got)]
     ranked = [j for j, (items, _) in enumerate(kept) if items] if rank_many is not None else []
     if ranked:

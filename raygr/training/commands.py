@@ -38,7 +38,8 @@ def _evaluate(args: argparse.Namespace) -> int:
               + " | perplexity " + ", ".join(f"{p:.0f}" for p in cb["perplexity"])
               + f" | collision rate {cb['collision_rate']:.3f} | unreachable items {cb['unreachable_items']}")
     d = ev["decoding"]
-    print(f"decoding: invalid {d['invalid_rate']:.4f} | duplicate {d['duplicate_rate']:.4f} "
+    ranked = f"| ranker: {ev['candidates_per_user']:.0f} candidates per user " if ev["candidates_per_user"] else ""
+    print(f"decoding: invalid {d['invalid_rate']:.4f} | duplicate {d['duplicate_rate']:.4f} {ranked}"
           f"| {time.perf_counter() - start:.1f} s")
     if args.output:
         write_json_atomic(args.output, ev)

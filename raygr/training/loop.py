@@ -206,13 +206,14 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
                      device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """0-based target ranks per mode: ``main`` (what the preset serves) and ``retrieval_only``.
 
-    Also returns the retrieved lists' invalid/duplicate counts as ``decoding`` [2] (sums).
+    Also returns the retrieved lists' invalid/duplicate counts as ``decoding`` [2] (sums), and per user
+    the number of candidates the ranker scored as ``ranked``.
     """
     model.eval()
     model.refresh()
     kmax = max(DEFAULT_KS)
     bs = cfg.train.eval_batch_size
-    main, retrieval, bad = [], [], np.zeros(2)
+    main, retrieval, bad, ranked = [], [], np.zeros(2), []
     for start in range(0, len(examples), bs):
         hist = torch.from_numpy(examples.history[start:start + bs]).to(device)
         tgt = torch.from_numpy(examples.target[start:start + bs]).to(device)
@@ -220,17 +221,23 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
             ranks = ranks_from_scores(model.scores(hist), tgt)
             main.append(ranks)
             retrieval.append(ranks)
+            ranked.append(np.zeros(len(tgt), dtype=np.int64))
             continue
         items, _ = model.retrieve(hist, k=kmax, beam=max(cfg.train.beam_size, kmax))
         retrieval.append(ranks_from_lists(items, tgt))
         h = decoding_health(items.cpu().numpy(), model.num_items)
         bad += np.array([h["invalid_rate"], h["duplicate_rate"]]) * items.numel()
         if cfg.model.loss.ranker > 0:
-            rec, _ = model.recommend(hist, k=kmax, num_candidates=cfg.train.num_candidates)
+            t = cfg.train  # = model.recommend, keeping the candidates to count them
+            cands = model.candidates(hist, max(t.num_candidates, kmax), t.prefix_levels, t.num_prefixes)
+            rec, _ = model.rerank(hist, cands, k=kmax)
             main.append(ranks_from_lists(rec, tgt))
+            ranked.append((cands > 0).sum(1).cpu().numpy())
         else:
             main.append(retrieval[-1])
-    return {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad}
+            ranked.append(np.zeros(len(tgt), dtype=np.int64))
+    return {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad,
+            "ranked": np.concatenate(ranked)}
 
 
 def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
@@ -239,6 +246,8 @@ def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
     out["decoding"] = {"invalid_rate": float(ranks["decoding"][0] / max(num_slots, 1)),
                        "duplicate_rate": float(ranks["decoding"][1] / max(num_slots, 1))}
     out["num_users"] = int(len(ranks["main"]))
+    # Items the ranker scored per user (0 without a ranker): what a retrieve-then-rank figure cost.
+    out["candidates_per_user"] = float(ranks["ranked"].mean()) if len(ranks["ranked"]) else 0.0
     return out
 
 

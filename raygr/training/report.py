@@ -56,6 +56,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, split: str 
         "epoch": info.epoch, "main_mode": "retrieve_then_rank" if has_ranker else "retrieval",
         "main": ranking_only(result), "retrieval_only": ranking_only(result["retrieval_only"]),
         "decoding": result["decoding"], "codebook": codebook_health(model), "num_users": result["num_users"],
+        "candidates_per_user": result["candidates_per_user"],
     }
 
 
@@ -104,6 +105,7 @@ def run_metrics(evaluation: Mapping[str, Any], history: Sequence[Mapping[str, An
         "codebook": {k: codebook[k] for k in ("utilization", "perplexity", "collision_rate",
                                               "unique_sids", "unreachable_items") if k in codebook},
         "decoding": dict(evaluation.get("decoding", {})),
+        "candidates_per_user": evaluation.get("candidates_per_user", 0.0),
         "train": dict(train),
         "baselines": {k: dict(v) for k, v in baselines.items()},
     }

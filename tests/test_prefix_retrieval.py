@@ -1,0 +1,72 @@
+"""train.prefix_levels: the beam search decodes SID prefixes and every item under them is a candidate.
+
+Checked against an exhaustive reference (every prefix scored by its summed level log-probabilities) in
+the settings where the beam search is exact: one level, or a beam at least as wide as the codebook.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raygr.config import ConfigError, load_config
+from raygr.models.factory import build_model
+from raygr.training.loop import initialise
+from tests.helpers import tiny_config, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    dataset = tiny_dataset(tmp_path_factory.mktemp("prefix"), num_users=200, num_items=150)
+    cfg = tiny_config("model.preset=joint", "model.codes=8")  # few codes: several items per prefix
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    model.eval()
+    model.refresh()
+    return model
+
+
+@torch.no_grad()
+def reference_candidates(model, history, levels, width):
+    """Score every prefix of ``levels`` codes exhaustively; the items under the best ``width``, by prefix."""
+    codes = model.table.codes[1:, :levels].tolist()
+    out = []
+    for b in range(len(history)):
+        s0 = model.user_states(history[b : b + 1])
+        scored = {}
+        for prefix in sorted(set(map(tuple, codes))):
+            s, score = s0, 0.0
+            for level, c in enumerate(prefix):
+                score += float(F.log_softmax(model.level_logits(s, level), -1)[0, c])
+                s = model.advance(s, level, torch.tensor([c]))
+            scored[prefix] = score
+        best = sorted(scored, key=lambda p: -scored[p])[:width]
+        out.append([i + 1 for p in best for i in range(len(codes)) if tuple(codes[i]) == p])
+    return out
+
+
+@pytest.mark.parametrize("levels, width", [(1, 3), (2, 8), (2, 20)])  # exact: one level, or width >= codes
+def test_candidates_are_the_items_under_the_best_prefixes(model, levels, width):
+    history = torch.randint(0, model.num_items + 1, (6, 10))
+    history[:, -1] = torch.randint(1, model.num_items + 1, (6,))
+    got = model.retrieve_prefixes(history, levels, width)
+    ref = reference_candidates(model, history, levels, width)
+    for b in range(len(history)):
+        row = got[b].tolist()
+        assert row[: len(ref[b])] == ref[b] and not any(row[len(ref[b]) :])  # then only empty slots
+    # recommend = the ranker's top k of exactly those candidates
+    items, scores = model.recommend(history, k=5, num_candidates=0, prefix_levels=levels, num_prefixes=width)
+    want, _ = model.rerank(history, got, k=5)
+    assert torch.equal(items, want) and items.shape == (6, 5)
+
+
+def test_every_prefix_gives_the_whole_catalogue_once(model):
+    history = torch.randint(1, model.num_items + 1, (3, 10))
+    got = model.retrieve_prefixes(history, levels=model.cfg.levels, width=10_000)
+    for row in got:
+        items = row[row > 0].tolist()
+        assert sorted(items) == list(range(1, model.num_items + 1))
+
+
+def test_prefix_levels_beyond_the_sid_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.prefix_levels' must be <= model.levels"):
+        load_config(None, ["model.levels=3", "train.prefix_levels=4"])
