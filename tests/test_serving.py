@@ -263,17 +263,23 @@ def test_batched_inference_equals_the_models_own_calls(served):
     assert np.allclose(scores, ref.tolist(), atol=1e-5)
 
 
-def test_retrieve_then_rank_equals_model_recommend_offline(served):
-    """The serving pipeline over local stages gives what ``model.recommend`` gives, mapped to original ids."""
-    sm, ds, cat, info = served["sm"], served["ds"], served["catalogue"], served["info"]
-    limits = Limits.from_config(ServeConfig(), info.max_history)
-    ex = eval_examples(ds.sequences, "test", sm.max_history)
-
+def local_stages(sm):
+    """The Retriever and Ranker stages as per-request coroutines over the local model."""
     async def retrieve(history, width):
         return retrieve_batch(sm, [history], [width])[0]
 
     async def rank(history, candidates):
         return rank_batch(sm, [history], [candidates])[0]
+
+    return retrieve, rank
+
+
+def test_retrieve_then_rank_equals_model_recommend_offline(served):
+    """The serving pipeline over local stages gives what ``model.recommend`` gives, mapped to original ids."""
+    sm, ds, cat, info = served["sm"], served["ds"], served["catalogue"], served["info"]
+    limits = Limits.from_config(ServeConfig(), info.max_history)
+    ex = eval_examples(ds.sequences, "test", sm.max_history)
+    retrieve, rank = local_stages(sm)
 
     ids = ds.items.item_id
     for row in ex.history[:8]:
@@ -293,12 +299,7 @@ def test_prefix_retrieval_serves_what_offline_evaluation_ranks(served):
     info = dataclasses.replace(served["info"], prefix_levels=1)
     limits = Limits.from_config(ServeConfig(), info.max_history)
     ex = eval_examples(ds.sequences, "test", sm.max_history)
-
-    async def retrieve(history, width):
-        return retrieve_batch(sm, [history], [width])[0]
-
-    async def rank(history, candidates):
-        return rank_batch(sm, [history], [candidates])[0]
+    retrieve, rank = local_stages(sm)
 
     ids = ds.items.item_id
     for row in ex.history[:6]:
