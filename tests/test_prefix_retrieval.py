@@ -48,11 +48,15 @@ def reference_candidates(model, history, levels, width):
 def test_candidates_are_the_items_under_the_best_prefixes(model, levels, width):
     history = torch.randint(0, model.num_items + 1, (6, 10))
     history[:, -1] = torch.randint(1, model.num_items + 1, (6,))
-    got = model.retrieve_prefixes(history, levels, width)
+    got, scores = model.retrieve_prefixes(history, levels, width)
     ref = reference_candidates(model, history, levels, width)
     for b in range(len(history)):
         row = got[b].tolist()
         assert row[: len(ref[b])] == ref[b] and not any(row[len(ref[b]) :])  # then only empty slots
+    # Each item carries its prefix's log-probability: best prefix first, -inf in the empty slots.
+    filled = got > 0
+    assert torch.isfinite(scores[filled]).all() and torch.isinf(scores[~filled]).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
     # recommend = the ranker's top k of exactly those candidates
     items, scores = model.recommend(history, k=5, num_candidates=0, prefix_levels=levels, num_prefixes=width)
     want, _ = model.rerank(history, got, k=5)
@@ -61,7 +65,7 @@ def test_candidates_are_the_items_under_the_best_prefixes(model, levels, width):
 
 def test_every_prefix_gives_the_whole_catalogue_once(model):
     history = torch.randint(1, model.num_items + 1, (3, 10))
-    got = model.retrieve_prefixes(history, levels=model.cfg.levels, width=10_000)
+    got, _ = model.retrieve_prefixes(history, levels=model.cfg.levels, width=10_000)
     for row in got:
         items = row[row > 0].tolist()
         assert sorted(items) == list(range(1, model.num_items + 1))
