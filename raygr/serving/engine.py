@@ -25,7 +25,7 @@ from torch import nn
 from raygr.config import Config
 from raygr.data.dataset import load_dataset
 from raygr.data.split import left_pad
-from raygr.serving.pipeline import Retrieved
+from raygr.serving.pipeline import Retrieved, serves_ranker
 from raygr.training.checkpoint import CheckpointInfo, load_model
 
 
@@ -89,7 +89,7 @@ def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths:
     ``train.num_prefixes`` best SID prefixes instead (as offline evaluation does), widths unused.
     """
     t = sm.cfg.train
-    if t.prefix_levels > 0 and sm.cfg.model.preset != "sasrec" and sm.cfg.model.loss.ranker > 0:
+    if t.prefix_levels > 0 and serves_ranker(sm.cfg):
         hist = pad_histories(histories, sm.max_history).to(sm.device)
         items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes)  # [B, C] each
         return [_valid(its, scs) for its, scs in zip(items.tolist(), scores.tolist())]
