@@ -132,6 +132,11 @@ class ModelConfig:
     # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
     # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
     generator_mlp: bool = False
+    # 0: the generator is a per-level head on the user state after the newest item. N > 0: an N-layer
+    # Transformer decoder (as TIGER's) reads the codes decoded so far and cross-attends to the history's
+    # state at every position, so a deeper code can look again at the items behind the chosen prefix.
+    generator_layers: int = 0
+    generator_dropout: float = 0.1  # dropout of that decoder (its inputs, attention and MLP)
     # Share of the generator's per-level target taken from the ranker (0..1): the ranker's softmax over
     # the items sharing the target's SID prefix, summed by their next code; the rest is the one-hot
     # next item. The generator then learns which codes the ranker rates, not only the observed one.
@@ -172,6 +177,8 @@ class ModelConfig:
                "needs model.ranker_item_id=true and model.history_item_id=true (the ID paths it starts from)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
+        _check(self.generator_layers >= 0, "model.generator_layers", "must be >= 0 (0 = the per-level head)")
+        _check(0 <= self.generator_dropout < 1, "model.generator_dropout", "must be in [0, 1)")
         _check(self.generator_distill == 0 or self.loss.ranker > 0, "model.generator_distill",
                "learns from the ranker: needs model.loss.ranker > 0 (or set it to 0)")
         self.schedule.validate()

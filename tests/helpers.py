@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from raygr.config import Config, load_config
 from raygr.data.dataset import Dataset, load_dataset, write_dataset
 from raygr.data.synthetic import generate
+from raygr.models.factory import build_model
+from raygr.training.loop import initialise
 
 TINY = ["model.dim=32", "model.codes=32", "model.token_buckets=2048", "model.num_negatives=32",
         "model.enhancer_every=10",
@@ -25,3 +29,12 @@ def tiny_config(*overrides: str) -> Config:
 
 def quiet(_msg: str) -> None:
     """A ``log`` callback that drops progress lines."""
+
+
+def initialised_model(dataset: Dataset, cfg: Config) -> nn.Module:
+    """The config's model, initialised (k-means codes) and ready for inference: eval mode, SID table built."""
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=quiet)
+    model.eval()
+    model.refresh()
+    return model

@@ -9,20 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from raygr.config import ConfigError, load_config
-from raygr.models.factory import build_model
-from raygr.training.loop import initialise
-from tests.helpers import tiny_config, tiny_dataset
+from tests.helpers import initialised_model, tiny_config, tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 2], ids=["head", "decoder"])  # model.generator_layers
+def model(tmp_path_factory, request):
     dataset = tiny_dataset(tmp_path_factory.mktemp("prefix"), num_users=200, num_items=150)
-    cfg = tiny_config("model.preset=joint", "model.codes=8")  # few codes: several items per prefix
-    model = build_model(cfg, dataset)
-    initialise(model, cfg, log=lambda s: None)
-    model.eval()
-    model.refresh()
-    return model
+    # few codes: several items per prefix
+    cfg = tiny_config("model.preset=joint", "model.codes=8", f"model.generator_layers={request.param}")
+    return initialised_model(dataset, cfg)
 
 
 @torch.no_grad()
@@ -31,13 +26,13 @@ def reference_candidates(model, history, levels, width):
     codes = model.table.codes[1:, :levels].tolist()
     out = []
     for b in range(len(history)):
-        s0 = model.user_states(history[b : b + 1])
+        decoder, s0 = model.step_decoder(history[b : b + 1])
         scored = {}
         for prefix in sorted(set(map(tuple, codes))):
             s, score = s0, 0.0
             for level, c in enumerate(prefix):
-                score += float(F.log_softmax(model.level_logits(s, level), -1)[0, c])
-                s = model.advance(s, level, torch.tensor([c]))
+                score += float(F.log_softmax(decoder.level_logits(s, level), -1)[0, c])
+                s = decoder.advance(s, level, torch.tensor([c]))
             scored[prefix] = score
         best = sorted(scored, key=lambda p: -scored[p])[:width]
         out.append([i + 1 for p in best for i in range(len(codes)) if tuple(codes[i]) == p])

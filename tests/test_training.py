@@ -31,6 +31,11 @@ def popularity(dataset):
     ("joint", 12, ["generator", "ranker", "loss"],
      ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true",
       "model.sid_residual=true", "model.generator_mlp=true", "model.generator_encoder_grad=0"]),
+    # The same with the Transformer code decoder; a smaller retrieval and validation set keep it quick.
+    ("joint", 12, ["generator", "ranker", "loss"],
+     ["model.enhancer_every=0", "model.negative_codes_every=10", "model.history_item_id=true",
+      "model.sid_residual=true", "model.generator_encoder_grad=0", "model.generator_layers=2",
+      "train.num_candidates=20", "data.num_eval_users=300"]),
     ("tiger", 30, ["generator"], []),  # cheaper steps: same wall time, more of them
     ("sasrec", 30, ["generator"], []),
     ("sasrec", 30, ["generator"], ["model.tie_embeddings=false"]),  # a separate output table

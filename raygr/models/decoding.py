@@ -22,8 +22,11 @@ from raygr.models.sid import SIDTable
 
 
 class StepDecoder(Protocol):
-    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor: ...  # [M, D] -> [M, V_level]
-    def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor: ...  # -> [M, D]
+    """Decoding state: a tensor whose first dimension is the row (user x beam, user-major); the rest is
+    the decoder's own ([M, D] for the per-level head, [M, P, D] decoded inputs for the Transformer)."""
+
+    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor: ...  # [M, ...] -> [M, V_level]
+    def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor: ...  # -> [M, ...]
 
 
 @dataclass
@@ -74,18 +77,19 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
     """Top-k items per user by the sum of per-level log-probabilities.
 
     Args:
-        s0: [B, D] user states. beam: width kept at every level. k: results (<= beam; default beam).
+        s0: [B, ...] start states, one per user. beam: width kept at every level. k: results (<= beam;
+        default beam).
     Returns:
         items [B, k] (0 where fewer than k valid items exist) and scores [B, k] (-inf there).
     """
     k = beam if k is None else min(k, beam)
-    B, D = s0.shape
+    B = s0.shape[0]
     nodes = torch.zeros(B, 1, dtype=torch.long, device=s0.device)  # [B, W]
     scores = torch.zeros(B, 1, device=s0.device)
-    s = s0[:, None, :]  # [B, W, D]
+    s = s0  # [B * W, ...], user-major
     for level in range(trie.depth):
         W, V = nodes.shape[1], trie.vocab[level]
-        logp = F.log_softmax(decoder.level_logits(s.reshape(B * W, D), level).float(), -1).view(B, W, V)
+        logp = F.log_softmax(decoder.level_logits(s, level).float(), -1).view(B, W, V)
         child = trie.child[level][nodes.clamp(min=0)]  # [B, W, V]
         cand = torch.where(child >= 0, scores[..., None] + logp, torch.full_like(logp, float("-inf")))
         width = min(beam if level + 1 < trie.depth else k, W * V)
@@ -94,8 +98,8 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
         nodes = child.view(B, W * V).gather(1, top.indices)
         scores = top.values
         if level + 1 < trie.depth:
-            s_parent = s.gather(1, parent[..., None].expand(B, width, D))
-            s = decoder.advance(s_parent.reshape(B * width, D), level, token.reshape(-1)).view(B, width, D)
+            rows = (torch.arange(B, device=s.device)[:, None] * W + parent).reshape(-1)  # [B * width]
+            s = decoder.advance(s[rows], level, token.reshape(-1))
     valid = torch.isfinite(scores)
     items = torch.where(valid, nodes, torch.zeros_like(nodes))
     if items.shape[1] < k:  # catalogue smaller than k
@@ -123,7 +127,7 @@ def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTabl
     depth = table.levels + 1
     all_items, all_scores = [], []
     for b in range(s0.shape[0]):
-        beams = [(0.0, trie, s0[b : b + 1])]  # (score, trie node, state [1, D])
+        beams = [(0.0, trie, s0[b : b + 1])]  # (score, trie node, state [1, ...])
         for level in range(depth):
             cands = []
             for score, node, s in beams:

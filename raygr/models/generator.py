@@ -14,18 +14,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raygr.models.code_decoder import CodeDecoder
+
 
 class CodeGenerator(nn.Module):
-    def __init__(self, dim: int, levels: int, codes: int, max_suffix: int, mlp: bool = False):
+    """``decoder_layers`` > 0 replaces the state-update steps by a Transformer decoder (code_decoder.py)
+    that reads the decoded codes and the whole history; the tied output layer stays the same."""
+
+    def __init__(self, dim: int, levels: int, codes: int, max_suffix: int, mlp: bool = False,
+                 decoder_layers: int = 0, heads: int = 2, dropout: float = 0.1):
         super().__init__()
         self.levels = levels
         self.mlp = mlp
+        self.decoder = CodeDecoder(dim, levels, decoder_layers, heads, dropout) if decoder_layers else None
         self.query = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(levels + 1))
         self.bias = nn.Parameter(torch.zeros(levels, codes))
         def step() -> nn.Module:
             return nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)) if mlp \
                 else nn.Linear(dim, dim)
-        self.step = nn.ModuleList(step() for _ in range(levels))
+        self.step = nn.ModuleList(step() for _ in range(levels if self.decoder is None else 0))
         self.suffix = nn.Embedding(max_suffix, dim)
 
     def logits(self, s: torch.Tensor, level: int, codebooks: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygr.config import ModelConfig
-from raygr.models.decoding import Trie, beam_search
+from raygr.models.code_decoder import BoundCodeDecoder
+from raygr.models.decoding import StepDecoder, Trie, beam_search
 from raygr.models.encoder import ItemEncoder
 from raygr.models.generator import CodeGenerator
 from raygr.models.quantizer import QuantizerOutput, ResidualQuantizer
@@ -82,7 +83,8 @@ class GenerativeRecommender(nn.Module):
                 self.history_id.weight[0].zero_()
         self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
                                    cfg.input_norm)
-        self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp)
+        self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp, cfg.generator_layers,
+                                       cfg.num_heads, cfg.generator_dropout)
         self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual)
         if cfg.sid_residual:  # history items start as their ID embeddings; the SID projection grows in
             nn.init.zeros_(self.item_in.weight)
@@ -174,7 +176,8 @@ class GenerativeRecommender(nn.Module):
         x_items = self.history_inputs(qo.code_vecs, ids)  # [M, D]
         x = x_items.new_zeros(*inp.shape, x_items.shape[1])
         x[has_in] = x_items[in_rows]
-        h = self.seq(x, ~has_in)[has_tgt]  # [P, D] states that have a next item
+        H = self.seq(x, ~has_in)  # [B, T, D]
+        h = H[has_tgt]  # [P, D] states that have a next item
 
         terms: dict[str, torch.Tensor] = {}
         teacher: list[torch.Tensor] | None = None
@@ -206,20 +209,22 @@ class GenerativeRecommender(nn.Module):
 
         # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
         g = cfg.generator_encoder_grad
-        s = h if g == 1 else h.detach() + g * (h - h.detach())  # forward value unchanged, gradient scaled
+        if g != 1:  # forward value unchanged, gradient scaled
+            H = H.detach() + g * (H - H.detach())
+        states = self.teacher_forced_states(H, has_in, has_tgt, qo.code_vecs[tgt_rows])
         alpha = cfg.generator_distill if teacher is not None else 0.0
         gen = h.new_zeros(())
         for level in range(cfg.levels):
-            logits = self.generator.logits(s, level, self.quantizer.codebooks)
+            logits = self.generator.logits(states[level], level, self.quantizer.codebooks)
             a = qo.assign[tgt_rows, level]
             a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
             if alpha > 0:
                 a = (1 - alpha) * a + alpha * teacher[level]
             gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
-            s = self.generator.advance(s, level, qo.code_vecs[tgt_rows, level])
         if self.table is not None:
             suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
-            gen = gen + F.cross_entropy(self.generator.logits(s, cfg.levels, self.quantizer.codebooks), suffix)
+            logits = self.generator.logits(states[cfg.levels], cfg.levels, self.quantizer.codebooks)
+            gen = gen + F.cross_entropy(logits, suffix)
         terms["generator"] = gen / (cfg.levels + 1)
 
         if not self.tokenizer_frozen:
@@ -229,6 +234,29 @@ class GenerativeRecommender(nn.Module):
         return terms
 
     forward = losses  # so DDP wraps the loss computation
+
+    def teacher_forced_states(self, H: torch.Tensor, has_in: torch.Tensor, has_tgt: torch.Tensor,
+                              code_vecs: torch.Tensor) -> list[torch.Tensor]:
+        """The generator's L+1 states [P, D] per target, fed the target's own code vectors [P, L, D].
+
+        H [B, T, D] are the history states; target p sits at position t of user b (``has_tgt``), and
+        the Transformer decoder's memory for it is that user's states up to t: nothing from its future.
+        """
+        gen = self.generator
+        s = H[has_tgt]  # [P, D]
+        if gen.decoder is None:
+            states = [s]
+            for level in range(self.cfg.levels):
+                states.append(gen.advance(states[-1], level, code_vecs[:, level]))
+            return states
+        b, t = has_tgt.nonzero(as_tuple=True)  # [P] each, the same order as H[has_tgt]
+        T = H.shape[1]
+        allowed = (torch.arange(T, device=H.device)[None] <= t[:, None]) & has_in[b]  # [P, T]
+        allowed[torch.arange(len(t), device=H.device), t] = True
+        seq = gen.decoder.start(s)
+        for level in range(self.cfg.levels):
+            seq = gen.decoder.append(seq, level, code_vecs[:, level])
+        return list(gen.decoder(seq, H[b], allowed).unbind(1))
 
     @torch.no_grad()
     def negative_code_vecs(self, step: int) -> torch.Tensor:
@@ -281,9 +309,22 @@ class GenerativeRecommender(nn.Module):
 
     def user_states(self, history: torch.Tensor) -> torch.Tensor:
         """history: [B, T] left-padded -> state after the newest item [B, D]."""
+        return self.history_states(history)[:, -1]
+
+    def history_states(self, history: torch.Tensor) -> torch.Tensor:
+        """history: [B, T] left-padded -> the sequence encoder's state at every position [B, T, D]."""
         self._ready()
-        x = self._item_inputs[history]
-        return self.seq(x, history == 0)[:, -1]
+        return self.seq(self._item_inputs[history], history == 0)
+
+    def step_decoder(self, history: torch.Tensor) -> tuple[StepDecoder, torch.Tensor]:
+        """What beam search runs for these users: the decoder and its start states [B, ...]."""
+        H = self.history_states(history)  # [B, T, D]
+        dec = self.generator.decoder
+        if dec is None:
+            return self, H[:, -1]
+        allowed = history != 0
+        allowed[:, -1] = True  # an empty history still has one key: its (padding) state
+        return BoundCodeDecoder(dec, self.level_logits, self.quantizer.codebooks, H, allowed), dec.start(H[:, -1])
 
     # StepDecoder protocol for beam search
     def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor:
@@ -295,8 +336,8 @@ class GenerativeRecommender(nn.Module):
     @torch.no_grad()
     def retrieve(self, history: torch.Tensor, k: int, beam: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search: top-k items [B, k] and their log-probabilities."""
-        s0 = self.user_states(history)
-        return beam_search(self, s0, self.trie, beam=max(beam or k, k), k=k)
+        decoder, s0 = self.step_decoder(history)
+        return beam_search(decoder, s0, self.trie, beam=max(beam or k, k), k=k)
 
     @torch.no_grad()
     def rank(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -314,9 +355,9 @@ class GenerativeRecommender(nn.Module):
         prefix first, each scored [B, C] with its prefix's log-probability (-inf in empty slots). C is
         the largest number of items any user gets in the batch.
         """
-        s0 = self.user_states(history)
+        decoder, s0 = self.step_decoder(history)
         trie = Trie(self.trie.child[:levels], self.trie.vocab[:levels])
-        nodes, scores = beam_search(self, s0, trie, beam=width)  # [B, W] prefix nodes
+        nodes, scores = beam_search(decoder, s0, trie, beam=width)  # [B, W] prefix nodes
         order, offsets = self._prefix_groups(levels)
         valid = torch.isfinite(scores)
         nodes = nodes.clamp(min=0)
