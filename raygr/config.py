@@ -135,6 +135,7 @@ class ModelConfig:
     # 0: the generator is a per-level head on the user state after the newest item. N > 0: an N-layer
     # Transformer decoder (as TIGER's) reads the codes decoded so far and cross-attends to the history's
     # state at every position, so a deeper code can look again at the items behind the chosen prefix.
+    # The decoder replaces the head's level-to-level steps, so model.generator_mlp is then unused.
     generator_layers: int = 0
     generator_dropout: float = 0.1  # dropout of that decoder (its inputs, attention and MLP)
     # Share of the generator's per-level target taken from the ranker (0..1): the ranker's softmax over

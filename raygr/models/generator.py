@@ -49,6 +49,9 @@ class CodeGenerator(nn.Module):
 
     def advance(self, s: torch.Tensor, level: int, code_vec: torch.Tensor) -> torch.Tensor:
         """State after choosing the level's code whose vector is ``code_vec`` [..., D]."""
+        if self.decoder is not None:
+            raise RuntimeError("this generator decodes with its Transformer decoder: use "
+                               "GenerativeRecommender.step_decoder, not the per-level steps")
         if self.mlp:
             return s + self.step[level](torch.cat([s, code_vec.expand_as(s)], -1))
         return s + self.step[level](code_vec)
