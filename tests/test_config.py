@@ -34,6 +34,7 @@ def test_dump_round_trips(tmp_path):
     ("train.use_gpu=maybe", "must be true or false"),
     ("nosection=1", "unknown config key 'nosection'"),
     ("model.sid_residual=true", "needs model.ranker_item_id=true and model.history_item_id=true"),
+    ("model.tie_item_ids=true", "'model.tie_item_ids' needs model.ranker_item_id=true and model.history_item_id"),
     ("model.generator_distill=1.5", "'model.generator_distill' must be in"),
     ("model.preset=tiger model.generator_distill=0.5", "needs model.loss.ranker > 0"),
 ])

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from raygr.config import config_to_dict
 from raygr.data.windows import make_train_windows_csr
 from raygr.models.factory import build_model
 from raygr.training.batch import TrainBatch
+from raygr.training.checkpoint import CheckpointError, CheckpointInfo, check_compatible
 from raygr.training.loop import initialise
 from tests.helpers import tiny_config, tiny_dataset
 
@@ -133,6 +135,32 @@ def test_generator_encoder_grad_scales_only_what_reaches_the_shared_encoder(data
     weighter = LossWeighter(model.cfg, model.seq.shared_parameters(), every=1)
     weighter.combine(terms0, step=0)
     assert weighter.adaptive == {"generator": 1.0, "ranker": 1.0}
+
+
+def test_tied_item_ids_are_one_table_the_ranker_trains_for_the_history(dataset):
+    # model.tie_item_ids: the ranker scores candidates with the history's item-ID table, so the ranker's
+    # gradient on an item that is only a negative (never in a batch history) reaches what the history reads.
+    cfg = tiny_config("model.preset=joint", "model.history_item_id=true", "model.sid_residual=true",
+                      "model.tie_item_ids=true")
+    model = build_model(cfg, dataset)
+    initialise(model, cfg, log=lambda s: None)
+    assert model.ranker.item_id.weight is model.history_id.weight
+    model.train()
+    batch = first_batch(dataset, cfg)
+    seen = set(batch.input.unique().tolist()) | set(batch.target.unique().tolist())
+    only_negative = [i for i in range(1, model.num_items + 1) if i not in seen][:5]
+    model.losses(batch, step=0, negatives=torch.tensor(only_negative))["ranker"].backward()
+    assert model.history_id.weight.grad[only_negative].abs().sum(-1).min() > 0
+
+    reloaded = build_model(cfg, dataset)  # the state dict holds the table twice; loading keeps one
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.ranker.item_id.weight is reloaded.history_id.weight
+    assert torch.equal(reloaded.history_id.weight, model.history_id.weight)
+    # An untied checkpoint's two tables cannot become one: the config key is named.
+    untied = CheckpointInfo(None, {"config": config_to_dict(tiny_config(
+        "model.preset=joint", "model.history_item_id=true", "model.sid_residual=true"))})
+    with pytest.raises(CheckpointError, match="config key 'model.tie_item_ids' is True"):
+        check_compatible(untied, cfg)
 
 
 def test_sid_residual_starts_as_an_id_model_and_its_sid_branches_learn(dataset):
