@@ -58,6 +58,17 @@ def test_candidates_are_the_items_under_the_best_prefixes(model, levels, width):
     assert torch.equal(items, want) and items.shape == (6, 5)
 
 
+def test_both_stages_read_the_states_they_are_given(model):
+    # recommend and evaluation encode a batch once and pass the states to retrieval and ranking: with
+    # another batch's states (no padding, so the masks agree) every stage answers for that batch.
+    a, b = torch.randint(1, model.num_items + 1, (2, 4, 10))
+    other = model.history_states(b)  # [4, 10, D]
+    assert torch.equal(model.retrieve_prefixes(a, 2, 8, states=other)[0], model.retrieve_prefixes(b, 2, 8)[0])
+    assert torch.equal(model.retrieve(a, k=7, states=other)[0], model.retrieve(b, k=7)[0])
+    cands = torch.randint(1, model.num_items + 1, (4, 9))
+    assert torch.equal(model.rank(a, cands, states=other), model.rank(b, cands))
+
+
 def test_every_prefix_gives_the_whole_catalogue_once(model):
     history = torch.randint(1, model.num_items + 1, (3, 10))
     got, _ = model.retrieve_prefixes(history, levels=model.cfg.levels, width=10_000)

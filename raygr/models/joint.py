@@ -318,9 +318,12 @@ class GenerativeRecommender(nn.Module):
         self._ready()
         return self.seq(self._item_inputs[history], history == 0)
 
-    def step_decoder(self, history: torch.Tensor) -> tuple[StepDecoder, torch.Tensor]:
+    # Retrieval and ranking take ``states``, the history's ``history_states`` [B, T, D], so a caller that
+    # runs both stages on one batch (recommend, evaluation) encodes the history once.
+    def step_decoder(self, history: torch.Tensor,
+                     states: torch.Tensor | None = None) -> tuple[StepDecoder, torch.Tensor]:
         """What beam search runs for these users: the decoder and its start states [B, ...]."""
-        H = self.history_states(history)  # [B, T, D]
+        H = self.history_states(history) if states is None else states  # [B, T, D]
         dec = self.generator.decoder
         if dec is None:
             return self, H[:, -1]
@@ -336,28 +339,31 @@ class GenerativeRecommender(nn.Module):
         return self.generator.advance(s, level, self.quantizer.codebooks[level][tokens])
 
     @torch.no_grad()
-    def retrieve(self, history: torch.Tensor, k: int, beam: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def retrieve(self, history: torch.Tensor, k: int, beam: int | None = None,
+                 states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search: top-k items [B, k] and their log-probabilities."""
-        decoder, s0 = self.step_decoder(history)
+        decoder, s0 = self.step_decoder(history, states)
         return beam_search(decoder, s0, self.trie, beam=max(beam or k, k), k=k)
 
     @torch.no_grad()
-    def rank(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def rank(self, history: torch.Tensor, candidates: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker scores [B, C] for candidate items [B, C] (0 = empty slot, scored -inf)."""
         self._ready()
-        u = self.ranker.user_state(self.user_states(history))  # [B, D]
+        h = self.user_states(history) if states is None else states[:, -1]  # [B, D]
+        u = self.ranker.user_state(h)  # [B, D]
         scores = (self._rank_vecs[candidates] * u[:, None]).sum(-1)
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     @torch.no_grad()
-    def retrieve_prefixes(self, history: torch.Tensor, levels: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def retrieve_prefixes(self, history: torch.Tensor, levels: int, width: int,
+                          states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item under the ``width`` best SID prefixes of ``levels`` codes [B, C] (0 = empty slot).
 
         The beam search decodes only the first ``levels`` codes; the items come grouped by prefix, best
         prefix first, each scored [B, C] with its prefix's log-probability (-inf in empty slots). C is
         the largest number of items any user gets in the batch.
         """
-        decoder, s0 = self.step_decoder(history)
+        decoder, s0 = self.step_decoder(history, states)
         trie = Trie(self.trie.child[:levels], self.trie.vocab[:levels])
         nodes, scores = beam_search(decoder, s0, trie, beam=width)  # [B, W] prefix nodes
         order, offsets = self._prefix_groups(levels)
@@ -389,23 +395,25 @@ class GenerativeRecommender(nn.Module):
         return self._prefix_cache[levels]
 
     def candidates(self, history: torch.Tensor, num_candidates: int, prefix_levels: int = 0,
-                   num_prefixes: int = 0) -> torch.Tensor:
+                   num_prefixes: int = 0, states: torch.Tensor | None = None) -> torch.Tensor:
         """What retrieval hands the ranker [B, C]: whole SIDs, or every item under the best prefixes."""
         if prefix_levels > 0:
-            return self.retrieve_prefixes(history, prefix_levels, num_prefixes)[0]
-        return self.retrieve(history, k=num_candidates)[0]
+            return self.retrieve_prefixes(history, prefix_levels, num_prefixes, states)[0]
+        return self.retrieve(history, k=num_candidates, states=states)[0]
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, num_candidates: int, prefix_levels: int = 0,
                   num_prefixes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Retrieve candidates (see ``candidates``), re-score them with the ranker, return the top k."""
-        cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes)
-        return self.rerank(history, cands, k)
+        states = self.history_states(history)  # [B, T, D], for both stages
+        cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes, states)
+        return self.rerank(history, cands, k, states)
 
     @torch.no_grad()
-    def rerank(self, history: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rerank(self, history: torch.Tensor, candidates: torch.Tensor, k: int,
+               states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ranker's top k [B, k] of candidates [B, C], with their scores."""
-        scores = self.rank(history, candidates)
+        scores = self.rank(history, candidates, states)
         top = scores.topk(min(k, candidates.shape[1]), dim=1)
         items = candidates.gather(1, top.indices).masked_fill(~torch.isfinite(top.values), 0)
         pad = k - items.shape[1]  # fewer candidates than k: empty slots, as retrieve gives them

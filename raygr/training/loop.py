@@ -223,14 +223,15 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
             retrieval.append(ranks)
             ranked.append(np.zeros(len(tgt), dtype=np.int64))
             continue
-        items, _ = model.retrieve(hist, k=kmax, beam=max(cfg.train.beam_size, kmax))
+        H = model.history_states(hist)  # [B, T, D], encoded once for retrieval and ranking
+        items, _ = model.retrieve(hist, k=kmax, beam=max(cfg.train.beam_size, kmax), states=H)
         retrieval.append(ranks_from_lists(items, tgt))
         h = decoding_health(items.cpu().numpy(), model.num_items)
         bad += np.array([h["invalid_rate"], h["duplicate_rate"]]) * items.numel()
         if cfg.model.loss.ranker > 0:
             t = cfg.train  # = model.recommend, keeping the candidates to count them
-            cands = model.candidates(hist, max(t.num_candidates, kmax), t.prefix_levels, t.num_prefixes)
-            rec, _ = model.rerank(hist, cands, k=kmax)
+            cands = model.candidates(hist, max(t.num_candidates, kmax), t.prefix_levels, t.num_prefixes, H)
+            rec, _ = model.rerank(hist, cands, k=kmax, states=H)
             main.append(ranks_from_lists(rec, tgt))
             ranked.append((cands > 0).sum(1).cpu().numpy())
         else:
