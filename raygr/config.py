@@ -218,6 +218,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (also its torch threads)
     max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
     log_every: int = 50  # a progress line every this many steps (0 = only the per-epoch line)
+    # A checkpoint or run directory on the same data whose sequence encoder and item-ID tables start a new
+    # run (weights only). A sasrec run starts the joint model as that SASRec. Unused when a run resumes.
+    init_from: str | None = None
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

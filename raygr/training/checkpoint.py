@@ -225,13 +225,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
 def check_compatible(info: CheckpointInfo, cfg: Config, manifest: dict[str, Any] | None = None) -> None:
     """Raise ``CheckpointError`` if ``info`` was trained on another dataset or a differently shaped model."""
     if manifest is not None:
-        theirs, ours = info.dataset, DatasetIdentity.from_manifest(manifest)
-        if theirs.fingerprint != ours.fingerprint or theirs.num_items != ours.num_items:
-            raise CheckpointError(
-                f"checkpoint {info.path} was trained on dataset '{theirs.name}' ({theirs.num_items} items, "
-                f"fingerprint {theirs.fingerprint}), but the given dataset is '{ours.name}' "
-                f"({ours.num_items} items, fingerprint {ours.fingerprint}); use the dataset it was trained on, "
-                f"or a new output directory to train from scratch")
+        check_dataset(info, manifest)
     saved, now = config_to_dict(info.config), config_to_dict(cfg)
     for key in MODEL_SHAPE_KEYS:
         a, b = _dotted(saved, key), _dotted(now, key)
@@ -239,6 +233,18 @@ def check_compatible(info: CheckpointInfo, cfg: Config, manifest: dict[str, Any]
             raise CheckpointError(
                 f"config key '{key}' is {b!r}, but checkpoint {info.path} was trained with {a!r}; "
                 f"set {key}={a} to use this checkpoint, or train into a new output directory")
+
+
+def check_dataset(info: CheckpointInfo, manifest: dict[str, Any], key: str = "") -> None:
+    """Raise ``CheckpointError`` if ``info`` was trained on another dataset than ``manifest``'s."""
+    theirs, ours = info.dataset, DatasetIdentity.from_manifest(manifest)
+    if theirs.fingerprint != ours.fingerprint or theirs.num_items != ours.num_items:
+        fix = (f"give {key} a checkpoint trained on this dataset" if key else
+               "use the dataset it was trained on, or a new output directory to train from scratch")
+        raise CheckpointError(
+            f"{key + ': ' if key else ''}checkpoint {info.path} was trained on dataset '{theirs.name}' "
+            f"({theirs.num_items} items, fingerprint {theirs.fingerprint}), but the given dataset is "
+            f"'{ours.name}' ({ours.num_items} items, fingerprint {ours.fingerprint}); {fix}")
 
 
 def _dotted(d: dict[str, Any], key: str) -> Any:

@@ -20,6 +20,7 @@ from raygr.data.split import EvalExamples, eval_examples
 from raygr.data.windows import iterate_windows, make_train_windows_csr
 from raygr.models.factory import build_model
 from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
+from raygr.training.warm_start import check_warm_start
 
 
 def eval_split(dataset: Dataset, cfg: Config, split: str, limit: int | None = None) -> EvalExamples:
@@ -35,6 +36,7 @@ def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], Non
                 device: str = "cpu") -> tuple[nn.Module, TrainState, dict[str, Any]]:
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    check_warm_start(cfg, ds.manifest)
     model = build_model(cfg, ds).to(device)
     initialise(model, cfg, log)
     steps = math.ceil(len(windows["input"]) / cfg.train.batch_size)

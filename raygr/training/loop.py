@@ -29,6 +29,7 @@ from raygr.models.joint import GenerativeRecommender
 from raygr.models.schedules import lr_factor, noise_scale, temperature
 from raygr.training.batch import TrainBatch
 from raygr.training.enhancer import HardNegativeMiner
+from raygr.training.warm_start import warm_start
 from raygr.training.weighting import LossWeighter
 
 TARGET_METRIC = "ndcg@10"
@@ -93,7 +94,10 @@ def resolve_horizon(cfg: Config, total_steps: int) -> Config:
 
 
 def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print) -> None:
-    """Before the first step: k-means codebooks (joint) or the content-only tokenizer stage (tiger)."""
+    """Before the first step: ``train.init_from``'s weights, then k-means codebooks (joint) or the
+    content-only tokenizer stage (tiger)."""
+    if cfg.train.init_from:
+        warm_start(model, cfg.train.init_from, log)
     if not isinstance(model, GenerativeRecommender):
         return
     if cfg.model.preset == "tiger":
