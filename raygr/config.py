@@ -212,6 +212,11 @@ class TrainConfig:
     # ranker dot products, which tell apart the few items under one prefix far better (docs/results.md).
     prefix_levels: int = 0
     num_prefixes: int = 100  # with train.prefix_levels > 0: prefixes the beam search keeps
+    # With train.prefix_levels > 0: the ranker scores at most this many items per user, the best prefixes'
+    # first (0 = every item under them). A fixed budget: early in training, while the SIDs crowd into
+    # few prefixes, the items under 200 prefixes are most of the catalogue, and validation would score
+    # the ranker over nearly all of it.
+    max_candidates: int = 0
     eval_batch_size: int = 512  # users per batch in validation and test
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False  # train on GPUs, one per worker
@@ -232,6 +237,8 @@ class TrainConfig:
         _check(self.num_candidates >= 1, "train.num_candidates", "must be >= 1")
         _check(self.prefix_levels >= 0, "train.prefix_levels", "must be >= 0 (0 = retrieve whole SIDs)")
         _check(self.num_prefixes >= 1, "train.num_prefixes", "must be >= 1")
+        _check(self.max_candidates == 0 or self.max_candidates >= 20, "train.max_candidates",
+               "must be 0 (no limit) or at least 20, the longest list evaluated")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
 

@@ -37,6 +37,7 @@ def test_dump_round_trips(tmp_path):
     ("model.tie_item_ids=true", "'model.tie_item_ids' needs model.ranker_item_id=true and model.history_item_id"),
     ("model.generator_distill=1.5", "'model.generator_distill' must be in"),
     ("model.preset=tiger model.generator_distill=0.5", "needs model.loss.ranker > 0"),
+    ("train.max_candidates=10", "'train.max_candidates' must be 0 (no limit) or at least 20"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

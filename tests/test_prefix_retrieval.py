@@ -69,6 +69,16 @@ def test_both_stages_read_the_states_they_are_given(model):
     assert torch.equal(model.rank(a, cands, states=other), model.rank(b, cands))
 
 
+def test_a_candidate_budget_keeps_the_best_prefixes_items(model):
+    history = torch.randint(1, model.num_items + 1, (5, 10))
+    every, scores = model.retrieve_prefixes(history, 2, 20)
+    assert (every > 0).sum(1).max() > 25  # the budget below binds
+    capped, capped_scores = model.retrieve_prefixes(history, 2, 20, limit=25)
+    assert torch.equal(capped, every[:, :25]) and torch.equal(capped_scores, scores[:, :25])
+    items, _ = model.recommend(history, k=5, num_candidates=0, prefix_levels=2, num_prefixes=20, max_candidates=25)
+    assert torch.equal(items, model.rerank(history, every[:, :25], k=5)[0])
+
+
 def test_every_prefix_gives_the_whole_catalogue_once(model):
     history = torch.randint(1, model.num_items + 1, (3, 10))
     got, _ = model.retrieve_prefixes(history, levels=model.cfg.levels, width=10_000)

@@ -318,6 +318,25 @@ def test_prefix_retrieval_serves_what_offline_evaluation_ranks(served):
             [again["items"][-1]["item_id"]]
 
 
+def test_the_candidate_budget_binds_in_serving_as_offline(served):
+    sm0, ds, cat = served["sm"], served["ds"], served["catalogue"]
+    cfg = replace(sm0.cfg, ["train.prefix_levels=1", "train.num_prefixes=16", "train.max_candidates=20"])
+    sm = dataclasses.replace(sm0, cfg=cfg)
+    info = dataclasses.replace(served["info"], prefix_levels=1)
+    limits = Limits.from_config(ServeConfig(), info.max_history)
+    retrieve, rank = local_stages(sm)
+    ids, bound = ds.items.item_id, 0
+    for row in eval_examples(ds.sequences, "test", sm.max_history).history[:6]:
+        hist = torch.from_numpy(row[None])
+        bound += int((sm.model.retrieve_prefixes(hist, 1, 16)[0] > 0).sum()) > 20
+        out = run(recommend(parse_request({"history": [ids[i - 1] for i in row if i > 0], "k": 10}, cat, limits),
+                            cat, info, retrieve, rank))
+        ref, _ = sm.model.recommend(hist, k=10, num_candidates=10, prefix_levels=1, num_prefixes=16, max_candidates=20)
+        assert [x["item_id"] for x in out["items"]] == [ids[i - 1] for i in ref[0].tolist()]
+        assert out["num_candidates"] <= 20
+    assert bound  # some history had more items under its prefixes than the budget
+
+
 def test_a_checkpoint_refuses_another_dataset(served, tmp_path):
     other = tiny_dataset(tmp_path, num_users=50, seed=3)
     with pytest.raises(CheckpointError, match="was trained on dataset"):

@@ -356,12 +356,13 @@ class GenerativeRecommender(nn.Module):
 
     @torch.no_grad()
     def retrieve_prefixes(self, history: torch.Tensor, levels: int, width: int,
-                          states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          states: torch.Tensor | None = None, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item under the ``width`` best SID prefixes of ``levels`` codes [B, C] (0 = empty slot).
 
         The beam search decodes only the first ``levels`` codes; the items come grouped by prefix, best
         prefix first, each scored [B, C] with its prefix's log-probability (-inf in empty slots). C is
-        the largest number of items any user gets in the batch.
+        the largest number of items any user gets in the batch, or at most ``limit`` (> 0): the first
+        ``limit`` of them, the last prefix cut short.
         """
         decoder, s0 = self.step_decoder(history, states)
         trie = Trie(self.trie.child[:levels], self.trie.vocab[:levels])
@@ -372,7 +373,8 @@ class GenerativeRecommender(nn.Module):
         starts = offsets[nodes]
         counts = torch.where(valid, offsets[nodes + 1] - starts, torch.zeros_like(starts))  # [B, W]
         ends = counts.cumsum(1)  # [B, W] inclusive
-        slot = torch.arange(max(int(ends[:, -1].max()), 1), device=s0.device)  # [C]
+        size = max(int(ends[:, -1].max()), 1)
+        slot = torch.arange(min(size, limit) if limit > 0 else size, device=s0.device)  # [C]
         which = torch.searchsorted(ends, slot.expand(len(ends), -1).contiguous(), right=True)  # [B, C]
         which = which.clamp(max=nodes.shape[1] - 1)
         pos = starts.gather(1, which) + slot - (ends - counts).gather(1, which)
@@ -395,18 +397,20 @@ class GenerativeRecommender(nn.Module):
         return self._prefix_cache[levels]
 
     def candidates(self, history: torch.Tensor, num_candidates: int, prefix_levels: int = 0,
-                   num_prefixes: int = 0, states: torch.Tensor | None = None) -> torch.Tensor:
-        """What retrieval hands the ranker [B, C]: whole SIDs, or every item under the best prefixes."""
+                   num_prefixes: int = 0, states: torch.Tensor | None = None, max_candidates: int = 0) -> torch.Tensor:
+        """What retrieval hands the ranker [B, C]: whole SIDs, or the items under the best prefixes (at
+        most ``max_candidates`` > 0 of them)."""
         if prefix_levels > 0:
-            return self.retrieve_prefixes(history, prefix_levels, num_prefixes, states)[0]
+            return self.retrieve_prefixes(history, prefix_levels, num_prefixes, states, max_candidates)[0]
         return self.retrieve(history, k=num_candidates, states=states)[0]
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, num_candidates: int, prefix_levels: int = 0,
-                  num_prefixes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  num_prefixes: int = 0, max_candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Retrieve candidates (see ``candidates``), re-score them with the ranker, return the top k."""
         states = self.history_states(history)  # [B, T, D], for both stages
-        cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes, states)
+        cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes, states,
+                                max_candidates and max(max_candidates, k))
         return self.rerank(history, cands, k, states)
 
     @torch.no_grad()

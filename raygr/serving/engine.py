@@ -86,12 +86,14 @@ def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths:
     """Top-``widths[i]`` items for each history, best first; empty slots (small catalogues) left out.
 
     With ``train.prefix_levels`` set in the checkpoint's config, each history gets every item under its
-    ``train.num_prefixes`` best SID prefixes instead (as offline evaluation does), widths unused.
+    ``train.num_prefixes`` best SID prefixes instead (at most ``train.max_candidates`` of them, as offline
+    evaluation does), widths unused.
     """
     t = sm.cfg.train
     if t.prefix_levels > 0 and serves_ranker(sm.cfg):
         hist = pad_histories(histories, sm.max_history).to(sm.device)
-        items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes)  # [B, C] each
+        items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes,
+                                                   limit=t.max_candidates)  # [B, C] each
         return [_valid(its, scs) for its, scs in zip(items.tolist(), scores.tolist())]
     out: list[Retrieved | None] = [None] * len(histories)
     by_width: dict[int, list[int]] = defaultdict(list)

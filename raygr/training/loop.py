@@ -234,7 +234,8 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
         bad += np.array([h["invalid_rate"], h["duplicate_rate"]]) * items.numel()
         if cfg.model.loss.ranker > 0:
             t = cfg.train  # = model.recommend, keeping the candidates to count them
-            cands = model.candidates(hist, max(t.num_candidates, kmax), t.prefix_levels, t.num_prefixes, H)
+            cands = model.candidates(hist, max(t.num_candidates, kmax), t.prefix_levels, t.num_prefixes, H,
+                                     t.max_candidates)
             rec, _ = model.rerank(hist, cands, k=kmax, states=H)
             main.append(ranks_from_lists(rec, tgt))
             ranked.append((cands > 0).sum(1).cpu().numpy())
