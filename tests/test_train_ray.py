@@ -85,6 +85,15 @@ def test_injected_worker_failure_is_retried_from_the_last_checkpoint(ray_cluster
     assert [r["epoch"] for r in history(run)] == [1, 2] and metrics["train"]["epochs"] == 2
 
 
+def test_a_run_warm_started_from_a_relative_path_completes(first_run, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(first_run[0].parent)  # the workers' working directory is not this one
+    run = tmp_path / "warm"
+    metrics = run_training(cfg("train.epochs=1", f"train.init_from={first_run[0].name}"), data, run, log=quiet)
+    assert metrics["train"]["epochs"] == 1 and (run / "metrics.json").is_file()
+    saved = read_checkpoint(run).config.train.init_from
+    assert saved == str(read_checkpoint(first_run[0]).path)  # resolved on the driver, as the workers read it
+
+
 def test_bad_inputs_fail_before_any_work(ray_cluster, first_run, data, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(first_run[0], run)
@@ -96,6 +105,8 @@ def test_bad_inputs_fail_before_any_work(ray_cluster, first_run, data, tmp_path,
         (lambda: run_training(cfg("model.dim=32"), data, run, log=quiet), CheckpointError, "'model.dim'"),
         (lambda: run_training(cfg("train.num_workers=64"), data, tmp_path / "big", log=quiet), ConfigError,
          "needs 64 CPUs"),
+        (lambda: run_training(cfg(f"train.init_from={tmp_path / 'none'}"), data, tmp_path / "w", log=quiet),
+         CheckpointError, "train.init_from: checkpoint .* does not exist"),
     ]
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "metrics.json").write_text("{}")

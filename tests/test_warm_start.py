@@ -66,6 +66,24 @@ def test_a_warm_started_run_trains(ds, tmp_path):
     assert state.epoch == 1 and test["ndcg@10"] > 0
 
 
+def test_a_joint_checkpoint_starts_a_joint_run_with_all_its_weights(ds, tmp_path):
+    cfg = tiny_config(*JOINT)
+    source = build_model(cfg, ds)
+    initialise(source, cfg, log=quiet)
+    w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    ctx = TrainContext.create(source, cfg, math.ceil(len(w["input"]) / cfg.train.batch_size), verbose=False)
+    state = fit(ctx, lambda epoch: iterate_windows(w, cfg.train.batch_size, cfg.train.seed, epoch),
+                eval_split(ds, cfg, "valid"), log=quiet)
+    ckpt = save_checkpoint(tmp_path / "joint", ctx, state, DatasetIdentity.from_manifest(ds.manifest))
+    warm = build_model(tiny_config(*JOINT, f"train.init_from={ckpt}"), ds)
+    initialise(warm, tiny_config(*JOINT, f"train.init_from={ckpt}"), log=quiet)
+    theirs = source.state_dict()
+    for name, tensor in warm.state_dict().items():
+        if isinstance(tensor, torch.Tensor):  # the codebooks too: k-means did not replace them
+            torch.testing.assert_close(tensor, theirs[name], msg=name)
+    assert torch.equal(warm.table.codes, source.table.codes)  # rebuilt from those codebooks
+
+
 def test_refused_before_any_work(ds, tmp_path):
     ckpt, _ = trained_sasrec(tmp_path, ds)
     with pytest.raises(CheckpointError, match=r"train.init_from: .*model.dim=32, this run model.dim=16"):

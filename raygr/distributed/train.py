@@ -381,8 +381,8 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     latest = latest_checkpoint(run)
     if latest is not None:
         check_compatible(latest, cfg, manifest)
-    elif (start := check_warm_start(cfg, manifest)) is not None:  # workers may run elsewhere: an absolute path
-        cfg = replace(cfg, [f"train.init_from={start.path}"])
+    elif (warm := check_warm_start(cfg, manifest)) is not None:  # workers may run elsewhere: an absolute path
+        cfg = replace(cfg, [f"train.init_from={warm.path}"])
     check_resources(cfg)
     dump_config(cfg, run / "config.yaml")
 

@@ -96,11 +96,13 @@ def resolve_horizon(cfg: Config, total_steps: int) -> Config:
 def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print) -> None:
     """Before the first step: ``train.init_from``'s weights, then k-means codebooks (joint) or the
     content-only tokenizer stage (tiger)."""
-    if cfg.train.init_from:
-        warm_start(model, cfg.train.init_from, log)
+    loaded = warm_start(model, cfg.train.init_from, log) if cfg.train.init_from else []
     if not isinstance(model, GenerativeRecommender):
         return
-    if cfg.model.preset == "tiger":
+    if any(name.startswith("quantizer.") for name in loaded):  # the codebooks came with the warm start
+        if cfg.model.preset == "tiger":
+            model.freeze_tokenizer()
+    elif cfg.model.preset == "tiger":
         fit_tokenizer(model, cfg, log)
         model.freeze_tokenizer()
     elif cfg.model.init == "kmeans":

@@ -5,7 +5,8 @@ The joint model reads its history through the same ``SequenceEncoder`` as SASRec
 as SASRec's dot product. So a SASRec checkpoint trained on the same data can start the joint run where
 SASRec ended, and the joint run spends its epochs on what SASRec lacks: the SIDs, the generator, and
 what the SIDs add to the ranker. A checkpoint of the same preset loads every tensor it shares with the
-model (weights only: the optimizer and the schedules start afresh, unlike a resume).
+model (weights only: the optimizer and the schedules start afresh, unlike a resume), its codebooks
+included, which then replace the k-means initialisation.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def check_warm_start(cfg: Config, manifest: dict[str, Any]) -> CheckpointInfo | 
 
 def source_names(saved: dict[str, torch.Tensor], preset: str, target: dict[str, torch.Tensor]) -> dict[str, str]:
     """Which saved tensor starts each of the model's tensors: {model name: saved name}."""
-    plan = {name: name for name in target if name in saved}
+    # Tensors only: the SID table rides as extra state, and the model rebuilds it from its codebooks.
+    plan = {name: name for name, t in target.items() if isinstance(t, torch.Tensor)
+            and isinstance(saved.get(name), torch.Tensor)}
     if preset == "sasrec":  # SASRec's tables under the joint model's names
         out = "out_emb.weight" if "out_emb.weight" in saved else "item_emb.weight"  # tied: one table
         for mine, theirs in (("history_id.weight", "item_emb.weight"), ("ranker.item_id.weight", out)):
