@@ -79,8 +79,7 @@ def main() -> None:
     from raygr.training.checkpoint import load_model
 
     ds = load_dataset(args.data)
-    previous = RESULTS / "candidate_budget.json"
-    rows = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
+    rows = {}
     for path in args.checkpoints:
         model, cfg, info = load_model(path, ds)
         if not getattr(model, "has_ranker", False):
@@ -99,7 +98,10 @@ def main() -> None:
             rows[f"{name}@{levels}x{width}" + (f"/{args.max_candidates}" if args.max_candidates else "")] = row
             print(f"{name} {levels}x{width}: {row['candidates_per_user']:.0f} candidates, target inside "
                   f"{row['target_in_candidates']:.3f}, N@10 {row['ndcg@10']:.4f}, R@10 {row['recall@10']:.4f}")
-    write_result("candidate_budget", {"command": "python -m benchmarks.bench_candidate_budget", "runs": rows})
+    previous = RESULTS / "candidate_budget.json"  # read now: another sweep may have written meanwhile
+    kept = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
+    write_result("candidate_budget", {"command": "python -m benchmarks.bench_candidate_budget",
+                                      "runs": {**kept, **rows}})
 
 
 if __name__ == "__main__":

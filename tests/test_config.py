@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from raygr.config import ConfigError, config_to_dict, dump_config, load_config, replace
@@ -54,3 +56,11 @@ def test_bad_file(tmp_path):
     f.write_text("train:\n  epochs: -1\n")
     with pytest.raises(ConfigError, match=r"'train.epochs' must be >= 1 \(in .*bad.yaml\)"):
         load_config(f)
+
+
+JOB_CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in JOB_CONFIGS.glob("*.yaml")))
+def test_every_shipped_job_config_loads(name):
+    assert load_config(JOB_CONFIGS / name).train.epochs >= 1
