@@ -13,7 +13,7 @@ from raygr.models.factory import build_model
 from raygr.training.checkpoint import CheckpointError, DatasetIdentity, save_checkpoint
 from raygr.training.local import eval_split, train_local
 from raygr.training.loop import TrainContext, fit, initialise
-from raygr.training.warm_start import check_warm_start
+from raygr.training.warm_start import check_warm_start, resolve_warm_start
 from tests.helpers import quiet, tiny_config, tiny_dataset
 
 SASREC = ["model.preset=sasrec", "train.epochs=1", "data.num_eval_users=50"]
@@ -93,3 +93,11 @@ def test_refused_before_any_work(ds, tmp_path):
     other = tiny_dataset(tmp_path / "other", num_items=60, seed=1)
     with pytest.raises(CheckpointError, match=r"train.init_from: checkpoint .* trained on dataset .*give train"):
         check_warm_start(tiny_config(*JOINT, f"train.init_from={ckpt}"), other.manifest)
+
+
+def test_a_relative_path_is_resolved_for_the_workers(ds, tmp_path, monkeypatch):
+    ckpt, _ = trained_sasrec(tmp_path, ds)
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_warm_start(tiny_config(*JOINT, "train.init_from=sasrec"), ds.manifest)
+    assert cfg.train.init_from == str(ckpt.resolve())
+    assert resolve_warm_start(tiny_config(*JOINT), ds.manifest).train.init_from is None

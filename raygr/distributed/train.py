@@ -41,7 +41,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config, replace
+from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from raygr.data.dataset import load_dataset, read_manifest
 from raygr.data.windows import make_train_windows_csr
 from raygr.distributed.pipeline import iter_train_batches, training_dataset
@@ -82,7 +82,7 @@ from raygr.training.report import (
     run_metrics,
     write_metrics,
 )
-from raygr.training.warm_start import check_warm_start
+from raygr.training.warm_start import resolve_warm_start
 
 RUN_NAME = "train"  # Ray Train run name inside RUN_DIR/ray: fixed, so a re-run finds its state
 SCORE = f"valid_{TARGET_METRIC}"  # the attribute Ray keeps the best checkpoint by
@@ -381,8 +381,8 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     latest = latest_checkpoint(run)
     if latest is not None:
         check_compatible(latest, cfg, manifest)
-    elif (warm := check_warm_start(cfg, manifest)) is not None:  # workers may run elsewhere: an absolute path
-        cfg = replace(cfg, [f"train.init_from={warm.path}"])
+    else:
+        cfg = resolve_warm_start(cfg, manifest)
     check_resources(cfg)
     dump_config(cfg, run / "config.yaml")
 

@@ -56,6 +56,7 @@ from raygr.training.checkpoint import (
     read_checkpoint,
 )
 from raygr.training.loop import TARGET_METRIC
+from raygr.training.warm_start import resolve_warm_start
 from raygr.tuning.plan import max_concurrent, trial_resources
 from raygr.tuning.report import (
     METRIC,
@@ -352,7 +353,7 @@ def run_tune(cfg: Config, dataset_dir: str | Path, output: str | Path, *, resume
     quiet_env()
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)  # DatasetError before anything else happens
-    cfg = with_trial_gpus(cfg)
+    cfg = with_trial_gpus(resolve_warm_start(cfg, manifest))
     # The space and the resources are checked before any trial starts: a typo costs a second.
     steps = total_steps(cfg, dataset_dir) if not cfg.tune.space else 0
     dims = resolve_space(cfg, steps)

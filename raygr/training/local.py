@@ -35,8 +35,8 @@ def eval_split(dataset: Dataset, cfg: Config, split: str, limit: int | None = No
 def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], None] = print,
                 device: str = "cpu") -> tuple[nn.Module, TrainState, dict[str, Any]]:
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
-    windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
     check_warm_start(cfg, ds.manifest)
+    windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
     model = build_model(cfg, ds).to(device)
     initialise(model, cfg, log)
     steps = math.ceil(len(windows["input"]) / cfg.train.batch_size)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raygr.config import Config
+from raygr.config import Config, replace
 from raygr.training.checkpoint import MODEL_FILE, CheckpointError, CheckpointInfo, check_dataset, read_checkpoint
 
 
@@ -36,6 +36,13 @@ def check_warm_start(cfg: Config, manifest: dict[str, Any]) -> CheckpointInfo | 
         raise CheckpointError(f"train.init_from: checkpoint {info.path} has model.dim={theirs}, this run "
                               f"model.dim={cfg.model.dim}; set model.dim={theirs} or start from scratch")
     return info
+
+
+def resolve_warm_start(cfg: Config, manifest: dict[str, Any]) -> Config:
+    """``check_warm_start``, then ``cfg`` with ``train.init_from`` as an absolute path: Ray workers and Tune
+    trials do not run in the driver's working directory."""
+    info = check_warm_start(cfg, manifest)
+    return cfg if info is None else replace(cfg, [f"train.init_from={info.path}"])
 
 
 def source_names(saved: dict[str, torch.Tensor], preset: str, target: dict[str, torch.Tensor]) -> dict[str, str]:
