@@ -410,7 +410,7 @@ class GenerativeRecommender(nn.Module):
         """Retrieve candidates (see ``candidates``), re-score them with the ranker, return the top k."""
         states = self.history_states(history)  # [B, T, D], for both stages
         cands = self.candidates(history, max(num_candidates, k), prefix_levels, num_prefixes, states,
-                                max_candidates and max(max_candidates, k))
+                                max_candidates)  # as serving cuts: fewer than k come back padded
         return self.rerank(history, cands, k, states)
 
     @torch.no_grad()
