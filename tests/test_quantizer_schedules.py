@@ -30,6 +30,15 @@ def test_shapes_differ_where_intended():
     assert temperature(cfg, 3) == temperature(cfg, 3)  # pure: no hidden state
 
 
+def test_a_held_rate_steps_down_onto_the_whole_runs_cosine():
+    held = [lr_factor(s, 10, 100, floor=0.0, hold=60) for s in range(100)]
+    plain = [lr_factor(s, 10, 100, floor=0.0) for s in range(100)]
+    assert held[:10] == plain[:10]  # the warm-up is unchanged
+    assert all(f == 1.0 for f in held[10:60])
+    assert held[60:] == plain[60:] and held[60] < 0.5  # the step down, then the same decay to the floor
+    assert lr_factor(5, 10, 100, floor=0.0, hold=3) == plain[5]  # a hold inside the warm-up changes nothing
+
+
 def test_sdud_scale_moves_with_the_uncertainty_loss():
     q = ResidualQuantizer(2, 8, 4, ScheduleConfig(strategy="sdud", sigma_start=1.0, sdud_lambda=0.1))
     opt = torch.optim.SGD([q.sdud_scale], lr=0.1)

@@ -12,13 +12,13 @@ from raygr.training.loop import NonFiniteLoss, TrainContext, initialise, train_s
 from tests.helpers import tiny_config, tiny_dataset
 
 
-def steps(tmp_path, *overrides, n=6):
+def steps(tmp_path, *overrides, n=6, steps_per_epoch=100):
     ds = tiny_dataset(tmp_path, num_users=200, num_items=40)
     cfg = tiny_config(*overrides)
     torch.manual_seed(0)
     model = build_model(cfg, ds)
     initialise(model, cfg, lambda s: None)
-    ctx = TrainContext.create(model, cfg, 100, verbose=False)
+    ctx = TrainContext.create(model, cfg, steps_per_epoch, verbose=False)
     w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
     it = iterate_windows(w, 32, 0, 0)
     return ctx, [TrainBatch.from_mapping(next(it)) for _ in range(n)]
@@ -66,3 +66,13 @@ def test_batch_init_seeds_codes_from_items_without_kmeans(tmp_path):
     z = ctx.core.encoder(torch.arange(1, ctx.core.num_items + 1)).detach()
     level0 = ctx.core.quantizer.codebooks[0].detach()
     assert torch.cdist(level0, z).min(1).values.max() < 1e-3, "every level-0 code is one of the items"
+
+
+def test_train_step_holds_the_rate_for_train_lr_hold_epochs(tmp_path):
+    # 3 epochs of 2 steps, warm-up 1, held for 2 epochs: peak for steps 1-3, then the cosine of 6 steps.
+    ctx, batches = steps(tmp_path, "train.epochs=3", "train.warmup_steps=1", "train.lr_floor=0",
+                         "train.lr_hold_epochs=2", "train.lr=0.01", n=6, steps_per_epoch=2)
+    lrs = [train_step(ctx, b, i)["lr"] for i, b in enumerate(batches)]
+    cosine = [0.01 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 5)) for s in range(6)]
+    assert lrs[:4] == pytest.approx([0.01] * 4)
+    assert lrs[4:] == pytest.approx(cosine[4:])

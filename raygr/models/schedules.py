@@ -44,9 +44,15 @@ def noise_scale(cfg: ScheduleConfig, step: int) -> float:
     return decay(cfg.strategy, cfg.sigma_start, cfg.sigma_end, step, cfg.horizon_steps, cfg.exp_rate)
 
 
-def lr_factor(step: int, warmup: int, total: int, floor: float = 0.05) -> float:
-    """Linear warm-up then cosine decay to ``floor`` of the peak learning rate."""
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.05, hold: int = 0) -> float:
+    """Linear warm-up then cosine decay to ``floor`` of the peak learning rate.
+
+    With ``hold`` > 0 the rate stays at its peak until that step, then steps down to where the cosine of
+    the whole run is at that point and follows it to the end.
+    """
     if step < warmup:
         return (step + 1) / max(warmup, 1)
+    if step < hold:
+        return 1.0
     t = progress(step - warmup, max(total - warmup, 1))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))

@@ -64,6 +64,7 @@ class TrainContext:
     weighter: LossWeighter
     miner: HardNegativeMiner
     total_steps: int
+    hold_steps: int = 0  # train.lr_hold_epochs in steps
     device: torch.device = torch.device("cpu")
     verbose: bool = True
 
@@ -81,7 +82,8 @@ class TrainContext:
         m = cfg.model
         miner = HardNegativeMiner(core.num_items, m.num_negatives, m.hard_negatives, m.enhancer_every)
         return cls(model, core, cfg, opt, LossWeighter(m, shared), miner,
-                   total_steps=total, device=torch.device(device),
+                   total_steps=total, hold_steps=steps_per_epoch * cfg.train.lr_hold_epochs,
+                   device=torch.device(device),
                    verbose=verbose)
 
 
@@ -178,7 +180,8 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     """One optimisation step; returns the unweighted terms, the total, the lr and the schedules."""
     cfg = ctx.cfg
     ctx.model.train()
-    lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, ctx.total_steps, cfg.train.lr_floor)
+    lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, ctx.total_steps, cfg.train.lr_floor,
+                                  ctx.hold_steps)
     for group in ctx.optimizer.param_groups:
         group["lr"] = lr
     negatives = ctx.miner.negatives(batch.input.device)
