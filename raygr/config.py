@@ -5,8 +5,8 @@
 
 Every key has a default, so ``load_config(None)`` gives the ``joint`` preset. A preset name
 (``model.preset``) first applies that preset's defaults, then the file, then the overrides: a
-file only lists what it changes. Unknown keys and out-of-range values raise ``ConfigError``
-naming the dotted key and what is allowed.
+file only lists what it changes, and may start from another file (``extends: beauty_joint.yaml``).
+Unknown keys and out-of-range values raise ``ConfigError`` naming the dotted key and what is allowed.
 """
 
 from __future__ import annotations
@@ -459,18 +459,32 @@ def config_from_dict(values: dict[str, Any] | None, overrides: list[str] | tuple
     return _build(Config, merged, "").validate()
 
 
+def read_config_file(p: Path, extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's sections; ``extends: OTHER.yaml`` (relative to the file) starts from another
+    file's sections, so a variant lists only what it changes."""
+    by = f" (extended by {extended_by[-1]})" if extended_by else ""
+    if not p.is_file():
+        raise ConfigError(f"config file {p}{by} does not exist")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, train, ...)")
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {p}: 'extends' must be the path of another config file, got {base!r}")
+    chain = (*extended_by, p)
+    target = p.parent / base
+    if target.resolve() in {q.resolve() for q in chain}:
+        raise ConfigError(f"config file {p}: 'extends: {base}' loops back to a file that extends it")
+    return _deep_merge(read_config_file(target, chain), values)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, train, ...)")
+    values = read_config_file(Path(path)) if path is not None else {}
     try:
         return config_from_dict(values, overrides)
     except ConfigError as e:

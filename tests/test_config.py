@@ -40,6 +40,7 @@ def test_dump_round_trips(tmp_path):
     ("model.generator_distill=1.5", "'model.generator_distill' must be in"),
     ("model.preset=tiger model.generator_distill=0.5", "needs model.loss.ranker > 0"),
     ("train.max_candidates=10", "'train.max_candidates' must be 0 (no limit) or at least 20"),
+    ("train.lr_hold_epochs=-1", "'train.lr_hold_epochs' must be >= 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -64,3 +65,21 @@ JOB_CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 @pytest.mark.parametrize("name", sorted(p.name for p in JOB_CONFIGS.glob("*.yaml")))
 def test_every_shipped_job_config_loads(name):
     assert load_config(JOB_CONFIGS / name).train.epochs >= 1
+
+
+def test_a_file_extends_another_and_lists_only_what_it_changes(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  preset: tiger\n  dim: 32\ntrain:\n  epochs: 3\n  lr: 0.01\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yaml").write_text("extends: ../base.yaml\ntrain:\n  epochs: 5\n")
+    cfg = load_config(tmp_path / "sub" / "variant.yaml", ["train.lr=0.02"])
+    assert (cfg.model.preset, cfg.model.dim, cfg.train.epochs, cfg.train.lr) == ("tiger", 32, 5, 0.02)
+    (tmp_path / "gone.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml \(extended by .*gone.yaml\) does not exist"):
+        load_config(tmp_path / "gone.yaml")
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "num.yaml").write_text("extends: 3\n")
+    with pytest.raises(ConfigError, match="'extends' must be the path of another config file"):
+        load_config(tmp_path / "num.yaml")
