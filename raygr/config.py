@@ -200,7 +200,8 @@ class TrainConfig:
     lr_floor: float = 0.05  # the cosine decay ends at this fraction of train.lr (1 = constant after warm-up)
     # Epochs at the peak rate before the cosine applies; the rate then steps down to where the whole run's
     # cosine is and follows it (0 = no hold). On Beauty a step down late in a run helped retrieval most:
-    # held 6 of 9 epochs, test N@10 .0386 against .0366 at a constant rate (docs/results.md, session 10).
+    # held 6 of 9 epochs, test N@10 .0378 against .0366 at a constant rate, retrieval alone .0155 against
+    # .0115 (docs/results.md, sessions 10 and 11).
     lr_hold_epochs: int = 0
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 100  # steps of linear learning-rate warm-up
