@@ -64,8 +64,7 @@ def main() -> None:
     # Presets can be run one at a time (each takes a while on 2 cores): earlier rows are kept.
     previous = RESULTS / "beauty.json"
     runs = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
-    for preset, metrics in rows.items():
-        runs[preset] = metrics
+    runs.update(rows)
     write_result("beauty", {"runs": runs})
     print(markdown(runs))
 

@@ -36,6 +36,13 @@ def test_cluster_yaml_has_a_cpu_head_and_autoscaling_gpu_workers(cluster):
     assert "." in cluster["file_mounts"].values(), "the checkout is not synced to the nodes"
 
 
+def test_rsync_excludes_cannot_match_inside_the_package(cluster):
+    # rsync matches a pattern without a leading / against the end of each path: "data/**" skips raygr/data/.
+    assert (ROOT / "raygr" / "data").is_dir(), "the case this test is about"
+    for pattern in cluster["rsync_exclude"]:
+        assert pattern.startswith(("/", "**/")), f"rsync_exclude {pattern!r} is not anchored"
+
+
 def test_schema_rejects_a_broken_copy(cluster):
     # The validation above is only meaningful if it can fail.
     broken = copy.deepcopy(cluster)
