@@ -70,12 +70,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input file or directory (not needed for synthetic)")
     p.add_argument("--output", required=True, help="dataset directory to write")
     p.add_argument("--num-shards", type=int, default=8, help="sequence shard files (users by user_idx %% N)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different raygr dataset in --output. Only a directory holding a raygr "
+                        "manifest.json and nothing raygr did not write is ever replaced: a directory with "
+                        "other files is refused, with or without --overwrite")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="format option, repeatable (see below)")
     p.set_defaults(func=_prepare)
 
     d = sub.add_parser("describe", help="summarise a prepared dataset directory")
     d.add_argument("path", help="dataset directory")
-    d.add_argument("--verify", action="store_true", help="also check every file against its checksum")
+    d.add_argument("--verify", action="store_true",
+                   help="also check every byte of every file against its checksum (without it: file list, "
+                        "sizes, Parquet footers and schemas only)")
     d.set_defaults(func=_describe)

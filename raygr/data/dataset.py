@@ -9,7 +9,13 @@
 Item indices are contiguous from 1; 0 is padding everywhere. Sequence shards hold the users with
 ``user_idx % num_shards == shard``, sorted by user_idx, so a reader never groups by user at train time.
 Writes go to a temporary sibling directory renamed into place at the end: a failed write leaves
-nothing that looks like a dataset.
+nothing that looks like a dataset. Only a directory that holds a raygr manifest, and nothing raygr did
+not write, is ever replaced (``--overwrite`` included): anything else in ``--output`` is refused.
+
+Every reader goes through ``check_files`` (cheap: the manifest's file list, sizes, Parquet footers and
+schemas, row counts) and reads each file through ``_read_table``, so a missing, truncated, replaced or
+re-listed file becomes a ``DatasetError`` that names the file and says how to check and rebuild the
+dataset, never a raw pyarrow error. ``verify_checksums`` (``--verify``) reads every byte.
 """
 
 from __future__ import annotations
@@ -99,6 +105,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Columns each file must have (a superset is fine: later versions may add optional columns).
+REQUIRED_COLUMNS = {
+    "items.parquet": ("item_idx", "item_id", "title", "tokens"),
+    "users.parquet": ("user_idx", "user_id"),
+    "sequences/": ("user_idx", "items", "timestamps"),
+}
+
+
+def required_columns(name: str) -> tuple[str, ...]:
+    return REQUIRED_COLUMNS["sequences/"] if name.startswith("sequences/") else REQUIRED_COLUMNS.get(name, ())
 
 
 def content_fingerprint(manifest: dict[str, Any]) -> str:
@@ -202,27 +220,51 @@ def write_dataset(out_dir: str | Path, items: ItemTable, seqs: SequenceData, *, 
 
 def finish_manifest(tmp: Path, fields: dict[str, Any]) -> dict[str, Any]:
     """Checksum every file under ``tmp`` and write manifest.json there (last, so it marks completeness)."""
-    files = {p.relative_to(tmp).as_posix(): sha256_file(p)
-             for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    manifest = {"schema_version": SCHEMA_VERSION, **fields, "files": files,
+    paths = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in paths}
+    # Sizes let every reader notice a truncated or replaced file without reading it (check_files).
+    sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in paths}
+    manifest = {"schema_version": SCHEMA_VERSION, **fields, "files": files, "sizes": sizes,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     manifest["fingerprint"] = content_fingerprint(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
+def foreign_entries(out: Path) -> list[str]:
+    """What ``out`` holds that raygr did not write: everything, if it has no readable manifest of ours."""
+    entries = sorted(e.relative_to(out).as_posix() for e in out.rglob("*"))
+    try:
+        listed = set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return entries
+    ours = listed | {MANIFEST} | {parent.as_posix() for name in listed for parent in Path(name).parents}
+    return [e for e in entries if e not in ours]
+
+
 def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an output that is not a directory raygr may replace. ``overwrite`` never widens this: it only
+    lets a *different* raygr dataset be replaced (swap_into_place); a user's own files are never deleted."""
     if out.exists() and not out.is_dir():
-        raise DatasetError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        if not (out / MANIFEST).is_file():
-            raise DatasetError(f"output {out} is not empty and holds no raygr dataset; "
-                               "choose an empty or new directory")
+        raise DatasetError(f"output {out} exists and is not a directory; choose another --output")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = foreign_entries(out)
+    if not foreign:
+        return
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    if not (out / MANIFEST).is_file():
+        raise DatasetError(f"output {out} is not empty and holds no raygr dataset (found {shown}); raygr "
+                           "replaces only a dataset it wrote, even with --overwrite: choose an empty or new "
+                           "directory")
+    raise DatasetError(f"output {out} holds a raygr dataset plus files raygr did not write ({shown}); raygr "
+                       "will not delete them, even with --overwrite: move them out or choose another directory")
 
 
 def swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    check_target(out, overwrite)  # again: the directory may have changed while the dataset was written
     if out.is_dir() and any(out.iterdir()):
-        old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
+        old = json.loads((out / MANIFEST).read_text())
         if old.get("fingerprint") != manifest["fingerprint"] and not overwrite:
             raise DatasetError(
                 f"output {out} already holds a different dataset ({old.get('name')!r}, "
@@ -240,20 +282,96 @@ def swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], overwrite: b
 def read_manifest(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     path = root / MANIFEST
+    if not root.exists():
+        raise DatasetError(f"dataset directory {root} does not exist "
+                           f"(create one with `raygr data prepare --format ... --output {root}`)")
     if not path.is_file():
         raise DatasetError(f"{root} is not a prepared dataset: {MANIFEST} is missing "
                            f"(create one with `raygr data prepare --format ... --output {root}`)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {_remedy(root, None)}") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} is not a JSON object; {_remedy(root, None)}")
     for key in ("schema_version", "num_users", "num_items", "num_interactions", "files"):
         if key not in manifest:
-            raise DatasetError(f"{path} lacks the key '{key}'")
+            raise DatasetError(f"{path} lacks the key '{key}'; {_remedy(root, manifest)}")
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise DatasetError(f"{path} has schema_version {manifest['schema_version']}, this raygr reads "
                            f"{SCHEMA_VERSION}; prepare the dataset again")
+    if not isinstance(manifest["files"], dict) or not all(isinstance(v, str) for v in manifest["files"].values()):
+        raise DatasetError(f"{path}: 'files' must map each file to its sha256; {_remedy(root, manifest)}")
     return manifest
+
+
+def _remedy(root: Path, manifest: dict[str, Any] | None) -> str:
+    """What to do about a damaged dataset: check it, then prepare it again from its source."""
+    src = (manifest or {}).get("source") or {}
+    fmt = src.get("format", "FORMAT") if isinstance(src, dict) else "FORMAT"
+    inp = f" --input {src['input']}" if isinstance(src, dict) and src.get("input") else (
+        "" if fmt == "synthetic" else " --input INPUT")
+    return (f"check it with `raygr data describe --verify {root}` and rebuild it with "
+            f"`raygr data prepare --format {fmt}{inp} --output {root} --overwrite`")
+
+
+def damaged(root: Path, manifest: dict[str, Any] | None, what: str) -> DatasetError:
+    return DatasetError(f"{what}: the dataset in {root} is damaged; {_remedy(root, manifest)}")
+
+
+def check_files(root: str | Path, manifest: dict[str, Any]) -> None:
+    """Cheap integrity check (milliseconds: sizes and Parquet footers, no data pages), run by every reader.
+
+    Catches a missing or truncated file, a file replaced by one with other columns, and a manifest edited
+    by hand (its file list no longer matching its fingerprint or the files' row counts). Byte-level
+    corruption of the same size needs ``verify_checksums``.
+    """
+    root = Path(root)
+    files = manifest["files"]
+    if "fingerprint" in manifest and content_fingerprint(manifest) != manifest["fingerprint"]:
+        raise damaged(root, manifest, f"{root / MANIFEST} was edited: its list of files and checksums no "
+                                      f"longer matches its fingerprint {manifest['fingerprint']}")
+    for name in ("items.parquet", "users.parquet"):
+        if name not in files:
+            raise damaged(root, manifest, f"{root / MANIFEST} does not list {name}")
+    shards = [n for n in files if n.startswith("sequences/")]
+    if not shards:
+        raise damaged(root, manifest, f"{root / MANIFEST} lists no sequence shard (sequences/part-*.parquet)")
+    if "num_shards" in manifest and manifest["num_shards"] != len(shards):
+        raise damaged(root, manifest, f"{root / MANIFEST} says num_shards={manifest['num_shards']} but lists "
+                                      f"{len(shards)} shard files")
+    sizes = manifest.get("sizes", {})
+    rows: dict[str, int] = {}
+    for name in sorted(files):
+        path = root / name
+        if not path.is_file():
+            raise damaged(root, manifest, f"{path} is missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if name in sizes and size != sizes[name]:
+            raise damaged(root, manifest, f"{path} has {size:,} bytes, the manifest recorded {sizes[name]:,} "
+                                          "(truncated or replaced)")
+        if name.endswith(".parquet"):
+            try:
+                meta = pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as e:
+                raise damaged(root, manifest, f"{path} is not a readable Parquet file ({_short(e)})") from None
+            columns = set(meta.schema.to_arrow_schema().names)
+            missing = [c for c in required_columns(name) if c not in columns]
+            if missing:
+                raise damaged(root, manifest, f"{path} lacks the column(s) {', '.join(missing)} (it has "
+                                              f"{', '.join(sorted(columns))}): not the file raygr wrote")
+            rows[name] = meta.num_rows
+    for name, key in (("items.parquet", "num_items"), ("users.parquet", "num_users")):
+        if rows[name] != manifest[key]:
+            raise damaged(root, manifest, f"{root / MANIFEST} says {key}={manifest[key]} but {root / name} "
+                                          f"has {rows[name]} rows")
+    if sum(rows[n] for n in shards) != manifest["num_users"]:
+        raise damaged(root, manifest, f"{root / MANIFEST} says num_users={manifest['num_users']} but the "
+                                      f"sequence shards hold {sum(rows[n] for n in shards)} users")
+
+
+def _short(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:
@@ -261,41 +379,68 @@ def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:
     for name, digest in manifest["files"].items():
         p = root / name
         if not p.is_file():
-            raise DatasetError(f"{p} is listed in the manifest but missing")
+            raise damaged(root, manifest, f"{p} is missing (listed in {MANIFEST})")
         if sha256_file(p) != digest:
-            raise DatasetError(f"{p} does not match its checksum in {root / MANIFEST}: the file changed")
+            raise damaged(root, manifest, f"{p} does not match its checksum in {root / MANIFEST}: the file changed")
 
 
-def load_items(root: Path) -> ItemTable:
-    t = pq.read_table(root / "items.parquet")
+def _read_table(root: Path, manifest: dict[str, Any], name: str, columns: list[str] | None = None) -> pa.Table:
+    """``pq.read_table`` whose failures name the file and the remedy (after check_files: damage inside)."""
+    path = root / name
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise damaged(root, manifest, f"{path} cannot be read ({_short(e)})") from None
+
+
+def load_items(root: Path, manifest: dict[str, Any] | None = None) -> ItemTable:
+    manifest = manifest if manifest is not None else read_manifest(root)
+    t = _read_table(root, manifest, "items.parquet")
     dense = None
-    if "dense" in t.column_names:
-        col = t.column("dense").combine_chunks()
-        dense = col.flatten().to_numpy().reshape(len(t), -1).astype(np.float32)
-    return ItemTable(item_id=t.column("item_id").to_pylist(), tokens=t.column("tokens").to_pylist(),
-                     title=t.column("title").to_pylist(), dense=dense)
+    try:
+        if "dense" in t.column_names:
+            col = t.column("dense").combine_chunks()
+            dense = col.flatten().to_numpy().reshape(len(t), -1).astype(np.float32)
+        return ItemTable(item_id=t.column("item_id").to_pylist(), tokens=t.column("tokens").to_pylist(),
+                         title=t.column("title").to_pylist(), dense=dense)
+    except (pa.ArrowException, KeyError, ValueError) as e:
+        raise damaged(root, manifest, f"{root / 'items.parquet'} has unexpected contents ({_short(e)})") from None
 
 
 def load_sequences(root: Path, manifest: dict[str, Any]) -> SequenceData:
-    tables = [pq.read_table(p) for p in sequence_shard_paths(root, manifest)]
-    t = pa.concat_tables(tables)
-    order = np.argsort(t.column("user_idx").to_numpy(), kind="stable")
-    t = t.take(pa.array(order))
-    items_col = t.column("items").combine_chunks()
-    ts_col = t.column("timestamps").combine_chunks()
-    users = pq.read_table(root / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
-    offsets = items_col.offsets.to_numpy().astype(np.int64)
-    return SequenceData(user_id=users, offsets=offsets - offsets[0],
-                        items=items_col.flatten().to_numpy().astype(np.int32),
-                        timestamps=ts_col.flatten().to_numpy().astype(np.int64))
+    tables = [_read_table(root, manifest, p.relative_to(root).as_posix(), ["user_idx", "items", "timestamps"])
+              for p in sequence_shard_paths(root, manifest)]
+    try:
+        t = pa.concat_tables(tables)
+        order = np.argsort(t.column("user_idx").to_numpy(), kind="stable")
+        t = t.take(pa.array(order))
+        items_col = t.column("items").combine_chunks()
+        ts_col = t.column("timestamps").combine_chunks()
+        offsets = items_col.offsets.to_numpy().astype(np.int64)
+        items = items_col.flatten().to_numpy().astype(np.int32)
+        timestamps = ts_col.flatten().to_numpy().astype(np.int64)
+    except (pa.ArrowException, KeyError, ValueError, AttributeError) as e:
+        raise damaged(root, manifest, f"the sequence shards in {root / 'sequences'} have unexpected contents "
+                                      f"({_short(e)})") from None
+    users = _read_table(root, manifest, "users.parquet", ["user_id"]).column("user_id").to_pylist()
+    return SequenceData(user_id=users, offsets=offsets - offsets[0], items=items, timestamps=timestamps)
 
 
 def load_dataset(root: str | Path, verify: bool = False) -> Dataset:
     root = Path(root).resolve()
     manifest = read_manifest(root)
+    check_files(root, manifest)
     if verify:
         verify_checksums(root, manifest)
     seqs = load_sequences(root, manifest)
     if seqs.num_users != manifest["num_users"]:
-        raise DatasetError(f"{root}: manifest says {manifest['num_users']} users, shards hold {seqs.num_users}")
-    return Dataset(root=root, manifest=manifest, items=load_items(root), sequences=seqs)
+        raise damaged(root, manifest, f"{root / MANIFEST} says {manifest['num_users']} users, the shards hold "
+                                      f"{seqs.num_users}")
+    if len(seqs.items) != manifest["num_interactions"]:
+        raise damaged(root, manifest, f"{root / MANIFEST} says {manifest['num_interactions']} interactions, the "
+                                      f"shards hold {len(seqs.items)}")
+    items = load_items(root, manifest)
+    if len(seqs.items) and (seqs.items.min() < 1 or seqs.items.max() > len(items)):
+        raise damaged(root, manifest, f"a sequence shard in {root / 'sequences'} refers to an item outside "
+                                      f"1..{len(items)} (the item table)")
+    return Dataset(root=root, manifest=manifest, items=items, sequences=seqs)
