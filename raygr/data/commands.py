@@ -17,6 +17,9 @@ from raygr.data.formats import READERS, options_help
 
 _COMMON_OPTIONS = """\
 every format: name=NAME (dataset name in the manifest; default: the output directory's name)
+dense column: embed=wordllama (256-d text embedding of each item's title and tokens, offline;
+              pip install -e ".[text]") or vectors=FILE (.parquet item_id + vector, .npz item_id +
+              vector, or .npy in items.parquet order; stored as given), vectors_unknown=error|ignore
 table only:   use_ray=auto|true|false (Ray Data path; auto = inputs over ray_threshold_mb),
               ray_threshold_mb=256"""
 

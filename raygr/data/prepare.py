@@ -7,9 +7,12 @@
 
 ``prepare`` reads the input with its format's reader (``raygr.data.formats``) and writes the canonical
 directory with ``write_dataset`` (atomic: a failure leaves no directory that looks complete). Options
-every format accepts: ``name=`` (the dataset name in the manifest, default the directory name). The
-``table`` format also takes ``use_ray=true|false|auto`` and ``ray_threshold_mb=`` (auto: Ray Data for
-inputs above that many MiB, see ``raygr.distributed.prepare``); the two paths write the same dataset.
+every format accepts: ``name=`` (the dataset name in the manifest, default the directory name), and for
+the ``dense`` column ``embed=wordllama`` (a pretrained text embedding of each item, offline) or
+``vectors=PATH`` (+ ``vectors_unknown=error|ignore``) for vectors computed elsewhere
+(``raygr.data.text_embedding``). The ``table`` format also takes ``use_ray=true|false|auto`` and
+``ray_threshold_mb=`` (auto: Ray Data for inputs above that many MiB, see ``raygr.distributed.prepare``);
+the two paths write the same dataset.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from raygr.data.dataset import DatasetError, load_dataset, write_dataset
 from raygr.data.formats import coerce_options, read, table_files
+from raygr.data.text_embedding import add_dense
 
 RAY_THRESHOLD_MB = 256.0  # table inputs above this go through Ray Data when use_ray=auto
 
@@ -62,8 +66,12 @@ def prepare(format: str, input: str | Path | None, output: str | Path, *,
         raise DatasetError(f"num_shards must be >= 1, got {num_shards}")
     options = dict(options or {})
     name = options.pop("name", None)
+    dense_options = {k: options.pop(k) for k in ("embed", "vectors", "vectors_unknown") if k in options}
     use_ray = _use_ray(format, input, options.pop("use_ray", "auto"),
                        options.pop("ray_threshold_mb", RAY_THRESHOLD_MB))
+    if use_ray and dense_options:
+        raise DatasetError(f"option {', '.join(dense_options)} needs the in-memory path, not Ray Data; "
+                           "pass --option use_ray=false")
     if use_ray:
         from raygr.distributed.prepare import prepare_table_ray  # the only path that needs ray
 
@@ -71,6 +79,9 @@ def prepare(format: str, input: str | Path | None, output: str | Path, *,
                                  num_shards=num_shards, overwrite=overwrite, name=name)
     items, seqs, source = read(format, input, options)
     source["engine"] = "in-memory"
+    dense = add_dense(items, **dense_options, where=str(source.get("input") or format))
+    if dense is not None:
+        source["dense"] = dense
     return write_dataset(output, items, seqs, source=source, num_shards=num_shards, name=name,
                          overwrite=overwrite)
 
@@ -83,6 +94,19 @@ def _stats_row(label: str, x: np.ndarray) -> str:
         return f"  {label:<24}{'-':>9}"
     return (f"  {label:<24}{int(x.min()):>9,}{float(np.median(x)):>10,.1f}{float(x.mean()):>10,.2f}"
             f"{int(x.max()):>10,}")
+
+
+def _dense_origin(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    if d.get("origin") == "wordllama":
+        n = d["items_with_text"] + d["items_without_text"]
+        return (f"; wordllama {d.get('model')}, L2-normalised, "
+                f"{d['items_with_text']:,} of {n:,} items with text (the rest zero)")
+    if d.get("origin") == "file":
+        ignored = f", {d['unknown_ids_ignored']:,} unknown ids ignored" if d.get("unknown_ids_ignored") else ""
+        return f"; from file {d.get('path')} ({d.get('layout')}, {d.get('dim')}-d, stored as given{ignored})"
+    return f"; origin {d.get('origin')}"
 
 
 def describe(path: str | Path, verify: bool = False) -> str:
@@ -112,7 +136,8 @@ def describe(path: str | Path, verify: bool = False) -> str:
         _stats_row("tokens / item", tokens_per_item),
         f"tokens        {len(token_counts):,} distinct; top: "
         + ", ".join(f"{t} ({c:,})" for t, c in token_counts.most_common(8)),
-        f"dense         {'none' if items.dense is None else f'{items.dense.shape[1]} features per item'}",
+        f"dense         {'none' if items.dense is None else f'{items.dense.shape[1]} features per item'}"
+        + _dense_origin(src.get("dense")),
         f"shards        {len(shards)}: {shards[0]} .. {shards[-1]}" if shards else "shards        none",
         f"source        {src.get('format', '?')} ({src.get('engine', '?')}): {src.get('input')}",
     ]

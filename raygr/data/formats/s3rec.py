@@ -14,8 +14,9 @@ from raygr.data.formats.files import PathLike, existing, find, iter_lines, load_
 from raygr.data.formats.interactions import Interactions, MissingItems, build, row_where, strings
 
 
-def _items_jsonl(path: Path, description: bool = False) -> dict[str, ItemContent]:
-    """One JSON object per line with ``item_id`` and any of title / attributes / brand / categories."""
+def _items_jsonl(path: Path, description: bool = False, titles: bool = True) -> dict[str, ItemContent]:
+    """One JSON object per line with ``item_id`` and any of title / attributes / brand / categories;
+    ``titles=False`` ignores the titles (an item is then its attributes / brand / categories only)."""
     content: dict[str, ItemContent] = {}
     first_line: dict[str, int] = {}
     for n, line in iter_lines(path):
@@ -29,6 +30,8 @@ def _items_jsonl(path: Path, description: bool = False) -> dict[str, ItemContent
         if iid in first_line:
             raise DatasetError(f"{path}:{n}: item_id {iid!r} appears again (first on line {first_line[iid]})")
         first_line[iid] = n
+        if not titles:
+            rec = {k: v for k, v in rec.items() if k != "title"}
         content[iid] = content_from_record(rec, f"{path}:{n}", description)
     return content
 
@@ -46,11 +49,12 @@ def _item2attributes(path: Path) -> dict[str, ItemContent]:
 
 
 def read_s3rec(path: PathLike, *, items: PathLike | None = None, attributes: PathLike | None = None,
-               missing_items: MissingItems = "error",
+               titles: bool = True, missing_items: MissingItems = "error",
                report: dict | None = None) -> tuple[ItemTable, SequenceData]:
     """S3-Rec / P5 sequences: lines 'user item item ...' in time order (X.txt, .gz accepted), with
     item content from a JSONL item table (item_id, title, attributes; preferred) or X_item2attributes.json
-    (attribute ids). Input = the directory (files found by name) or the sequence file."""
+    (attribute ids; used when attributes= is given without items=). titles=false drops the JSONL titles,
+    leaving items their attributes only. Input = the directory (files found by name) or the sequence file."""
     p = existing(path, "input")
     if p.is_dir():
         attr = find(p, ["*_item2attributes.json", "*_item2attributes.json.gz"], "item2attributes",
@@ -62,7 +66,8 @@ def read_s3rec(path: PathLike, *, items: PathLike | None = None, attributes: Pat
         seq, attr = p, sibling(p, ".txt", ["_item2attributes.json", "_item2attributes.json.gz"])
     assert seq is not None
     jsonl = find(seq.parent, ["*.jsonl", "*.jsonl.gz"], "JSONL item table", required=False)
-    jsonl = existing(items, "item table") if items else jsonl
+    # An explicit attributes= file is what the user asked for, even beside a JSONL item table.
+    jsonl = existing(items, "item table") if items else None if attributes else jsonl
     attr = existing(attributes, "item2attributes file") if attributes else attr
     users: list[str] = []
     flat: list[str] = []
@@ -80,7 +85,8 @@ def read_s3rec(path: PathLike, *, items: PathLike | None = None, attributes: Pat
         flat += parts[1:]
         lines += [n] * (len(parts) - 1)
     content_path = jsonl or attr
-    content = None if content_path is None else _items_jsonl(jsonl) if jsonl else _item2attributes(attr)
+    content = (None if content_path is None else _items_jsonl(jsonl, titles=titles) if jsonl
+               else _item2attributes(attr))
     data = Interactions(strings(users), strings(flat), None, row_where(seq, np.asarray(lines)), str(seq))
     if report is not None:
         report["files"] = [str(x) for x in (seq, content_path) if x]
