@@ -105,7 +105,7 @@ def _dense_origin(d: dict[str, Any] | None) -> str:
                 f"{d['items_with_text']:,} of {n:,} items with text (the rest zero)")
     if d.get("origin") == "file":
         ignored = f", {d['unknown_ids_ignored']:,} unknown ids ignored" if d.get("unknown_ids_ignored") else ""
-        return f"; from file {d.get('path')} ({d.get('layout')}, {d.get('dim')}-d, stored as given{ignored})"
+        return f"; from file {d.get('path')} ({d.get('layout')}, stored as given{ignored})"
     return f"; origin {d.get('origin')}"
 
 
