@@ -116,6 +116,10 @@ class ModelConfig:
     # the ranker over every item tested .0376 / .0743 tied vs .0425 / .0685, retrieval alone +33% N@10.
     tie_item_ids: bool = False
     levels: int = 3  # SID levels L
+    # SIDs read from a file (JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's original
+    # item ids; raygr/data/sid_file.py) and fixed for the run: no tokenizer is trained, the codebooks are
+    # the code embeddings the generator reads and scores. model.levels must equal the SIDs' length.
+    sid_file: str | None = None
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
     # kmeans: residual k-means over every item's encoder vector before step 0; batch: codes seeded from
@@ -142,6 +146,10 @@ class ModelConfig:
     # The decoder replaces the head's level-to-level steps, so model.generator_mlp is then unused.
     generator_layers: int = 0
     generator_dropout: float = 0.1  # dropout of that decoder (its inputs, attention and MLP)
+    # Each level's softmax runs over the codes that continue the target's prefix to some item (the SID
+    # trie), in training and in beam search: a SID's score is then its item's probability, and the
+    # generator spends no capacity pushing down codes that constrained decoding never offers.
+    trie_softmax: bool = False
     # Share of the generator's per-level target taken from the ranker (0..1): the ranker's softmax over
     # the items sharing the target's SID prefix, summed by their next code; the rest is the one-hot
     # next item. The generator then learns which codes the ranker rates, not only the observed one.

@@ -28,14 +28,16 @@ def random_table(num_items, levels, codes, max_suffix, seed):
     return SIDTable.from_codes(codes_t, codes, max_suffix)
 
 
-@pytest.mark.parametrize("seed, num_items, beam, mlp", [(0, 60, 5, False), (1, 200, 20, False), (2, 30, 10, False),
-                                                      (3, 200, 20, True)])  # model.generator_mlp
-def test_parity_with_reference(seed, num_items, beam, mlp):
+@pytest.mark.parametrize("seed, num_items, beam, mlp, renorm", [
+    (0, 60, 5, False, False), (1, 200, 20, False, False), (2, 30, 10, False, False),
+    (3, 200, 20, True, False),  # model.generator_mlp
+    (4, 60, 5, False, True), (5, 200, 20, True, True)])  # model.trie_softmax
+def test_parity_with_reference(seed, num_items, beam, mlp, renorm):
     table = random_table(num_items, 3, 6, 8, seed)
     dec = RandomDecoder(3, 6, 8, seed=seed, mlp=mlp)
     s0 = torch.randn(7, 8)
-    items, scores = beam_search(dec, s0, Trie.from_table(table), beam=beam)
-    ref_items, ref_scores = reference_beam_search(dec, s0, table, beam=beam)
+    items, scores = beam_search(dec, s0, Trie.from_table(table), beam=beam, renormalize=renorm)
+    ref_items, ref_scores = reference_beam_search(dec, s0, table, beam=beam, renormalize=renorm)
     for b in range(7):
         n = len(ref_items[b])
         assert items[b, :n].tolist() == ref_items[b]
@@ -55,6 +57,20 @@ def test_never_invalid_never_duplicate_and_k_beyond_catalogue():
         assert len(got) == len(set(got)) and set(got) <= set(range(1, 13))
     # Scores are sorted and are log-probabilities of whole SIDs.
     assert (scores[:, :-1] >= scores[:, 1:]).all() and (scores[valid] <= 0).all()
+
+
+def test_renormalized_scores_are_item_probabilities():
+    """With renormalize, every level's softmax runs over the valid children only, so the scores of the
+    whole catalogue (beam >= items) are a distribution over the items: they sum to 1. Without it they
+    sum to less (mass on codes that lead to no item)."""
+    table = random_table(40, 3, 6, 8, seed=7)
+    dec = RandomDecoder(3, 6, 8, seed=7)
+    s0 = torch.randn(4, 8)
+    trie = Trie.from_table(table)
+    _, s_renorm = beam_search(dec, s0, trie, beam=400, k=40, renormalize=True)
+    _, s_plain = beam_search(dec, s0, trie, beam=400, k=40)
+    assert torch.allclose(s_renorm.exp().sum(1), torch.ones(4), atol=1e-4)
+    assert (s_plain.exp().sum(1) < 0.99).all()
 
 
 def test_sid_table_is_one_to_one_after_collisions():

@@ -72,13 +72,14 @@ class Trie:
 
 
 @torch.no_grad()
-def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k: int | None = None,
+                renormalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per user by the sum of per-level log-probabilities.
 
     Args:
         s0: [B, ...] start states, one per user. beam: width kept at every level. k: results (<= beam;
-        default beam).
+        default beam). renormalize: each level's softmax runs over the codes that continue a valid SID
+        only (a model trained with ``model.trie_softmax``), so a path's score is its item's probability.
     Returns:
         items [B, k] (0 where fewer than k valid items exist) and scores [B, k] (-inf there).
     """
@@ -89,8 +90,11 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
     s = s0  # [B * W, ...], user-major
     for level in range(trie.depth):
         W, V = nodes.shape[1], trie.vocab[level]
-        logp = F.log_softmax(decoder.level_logits(s, level).float(), -1).view(B, W, V)
         child = trie.child[level][nodes.clamp(min=0)]  # [B, W, V]
+        logits = decoder.level_logits(s, level).float().view(B, W, V)
+        if renormalize:  # a row with no valid child gives NaN here; the mask below never picks it
+            logits = logits.masked_fill(child < 0, float("-inf"))
+        logp = F.log_softmax(logits, -1)
         cand = torch.where(child >= 0, scores[..., None] + logp, torch.full_like(logp, float("-inf")))
         width = min(beam if level + 1 < trie.depth else k, W * V)
         top = cand.view(B, W * V).topk(width, dim=1)
@@ -111,7 +115,7 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
 
 @torch.no_grad()
 def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTable, beam: int,
-                          k: int | None = None) -> tuple[list[list[int]], list[list[float]]]:
+                          k: int | None = None, renormalize: bool = False) -> tuple[list[list[int]], list[list[float]]]:
     """One user at a time, a dict trie, explicit lists: slow and easy to check."""
     k = beam if k is None else min(k, beam)
     trie: dict = {}
@@ -131,7 +135,13 @@ def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTabl
         for level in range(depth):
             cands = []
             for score, node, s in beams:
-                logp = F.log_softmax(decoder.level_logits(s, level).float(), -1)[0]
+                logits = decoder.level_logits(s, level).float()[0]
+                if renormalize:
+                    valid = torch.tensor(sorted(node), dtype=torch.long, device=logits.device)
+                    logp = torch.full_like(logits, float("-inf"))
+                    logp[valid] = F.log_softmax(logits[valid], -1)
+                else:
+                    logp = F.log_softmax(logits, -1)
                 for tok, nxt in node.items():
                     cands.append((score + float(logp[tok]), tok, nxt, s))
             cands.sort(key=lambda c: -c[0])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raygr.config import Config
+from raygr.config import Config, ConfigError
 from raygr.data.dataset import Dataset
+from raygr.data.sid_file import load_sids
 from raygr.models.encoder import token_matrix
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.sasrec import SASRec
@@ -22,4 +23,19 @@ def build_model(cfg: Config, dataset: Dataset) -> nn.Module:
     if dataset.items.dense is not None:
         d = torch.from_numpy(dataset.items.dense)
         dense = torch.cat([d.new_zeros(1, d.shape[1]), d])
-    return GenerativeRecommender(cfg.model, tokens, n, cfg.data.max_history, dense=dense)
+    sids = None
+    if cfg.model.sid_file:
+        sids = torch.from_numpy(fixed_sids(cfg, dataset))
+    return GenerativeRecommender(cfg.model, tokens, n, cfg.data.max_history, dense=dense, sids=sids)
+
+
+def fixed_sids(cfg: Config, dataset: Dataset):
+    """model.sid_file's SIDs [N, L] for the dataset's items, checked against model.levels and model.codes."""
+    codes = load_sids(cfg.model.sid_file, dataset.items.item_id)
+    if codes.shape[1] != cfg.model.levels:
+        raise ConfigError(f"model.sid_file {cfg.model.sid_file} holds SIDs of {codes.shape[1]} codes: set "
+                          f"model.levels={codes.shape[1]} (it is {cfg.model.levels})")
+    if int(codes.max()) >= cfg.model.codes:
+        raise ConfigError(f"model.sid_file {cfg.model.sid_file} uses code {int(codes.max())}: set model.codes "
+                          f">= {int(codes.max()) + 1} (it is {cfg.model.codes})")
+    return codes

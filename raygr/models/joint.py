@@ -68,7 +68,9 @@ def ranker_code_targets(pos: torch.Tensor, neg: torch.Tensor, target_codes: torc
 
 class GenerativeRecommender(nn.Module):
     def __init__(self, cfg: ModelConfig, tokens: torch.Tensor, num_items: int, max_history: int,
-                 dense: torch.Tensor | None = None):
+                 dense: torch.Tensor | None = None, sids: torch.Tensor | None = None):
+        """``sids`` [N, L]: fixed SIDs (model.sid_file); the quantizer's codebooks are then only the code
+        embeddings, and no tokenizer loss is computed."""
         super().__init__()
         self.cfg = cfg
         D, L, K = cfg.dim, cfg.levels, cfg.codes
@@ -100,8 +102,14 @@ class GenerativeRecommender(nn.Module):
         # (step, code vectors [N+1, L, D], codes [N+1, L]) every negative_codes_every steps
         self._neg_codes: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.tokenizer_frozen = False
+        # [N+1, L], row 0 = padding; a buffer, so a checkpoint carries the SIDs it was trained with
+        self.register_buffer("fixed_codes", None if sids is None else torch.cat([sids.new_zeros(1, L), sids]).long())
 
     has_ranker = True
+
+    @property
+    def sids_fixed(self) -> bool:
+        return self.fixed_codes is not None
 
     # -- state that is not a parameter: the SID table travels with the checkpoint ------------------
     def get_extra_state(self) -> dict:
@@ -116,12 +124,27 @@ class GenerativeRecommender(nn.Module):
     def freeze_tokenizer(self) -> None:
         self.tokenizer_frozen = True
         self.encoder.requires_grad_(False)
-        self.quantizer.requires_grad_(False)
         self.recon.requires_grad_(False)
+        # Fixed SIDs: the codebooks are plain code embeddings that the generator learns; otherwise they are
+        # the tokenizer's centroids, frozen with it.
+        self.quantizer.requires_grad_(self.sids_fixed)
+        self.quantizer.sdud_scale.requires_grad_(False)
+
+    def fixed_quantize(self, ids: torch.Tensor) -> QuantizerOutput:
+        """The file's codes for items ``ids`` [M], as a quantizer output (one-hot assignment, no losses)."""
+        codes = self.fixed_codes[ids]  # [M, L]
+        C = self.quantizer.codebooks  # [L, K, D]
+        vecs = C[torch.arange(C.shape[0], device=ids.device)[None], codes]  # [M, L, D]
+        onehot = F.one_hot(codes, C.shape[1]).to(C.dtype)
+        zero = C.new_zeros(())
+        return QuantizerOutput(codes=codes, assign=onehot, soft=onehot, code_vecs=vecs,
+                               losses={"codebook": zero, "commitment": zero, "balance": zero})
 
     # -- training ---------------------------------------------------------------------------------
     def quantize_items(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, QuantizerOutput]:
         """ids: [M] unique item indices -> (z [M, D], quantizer output over M items)."""
+        if self.sids_fixed:
+            return None, self.fixed_quantize(ids)
         if self.tokenizer_frozen:
             with torch.no_grad():
                 z = self.encoder(ids)
@@ -215,6 +238,7 @@ class GenerativeRecommender(nn.Module):
             H = H.detach() + g * (H - H.detach())
         states = self.teacher_forced_states(H, has_in, has_tgt, qo.code_vecs[tgt_rows])
         alpha = cfg.generator_distill if teacher is not None else 0.0
+        valid = self.valid_code_masks(qo.codes[tgt_rows]) if cfg.trie_softmax and self.trie is not None else None
         gen = h.new_zeros(())
         for level in range(cfg.levels):
             logits = self.generator.logits(states[level], level, self.quantizer.codebooks)
@@ -222,14 +246,19 @@ class GenerativeRecommender(nn.Module):
             a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
             if alpha > 0:
                 a = (1 - alpha) * a + alpha * teacher[level]
+            if valid is not None:  # a finite fill: 0 x -inf would be NaN where a target puts no mass
+                logits = logits.masked_fill(~(valid[level] | (a.detach() > 0)), -1e9)
             gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
         if self.table is not None:
             suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
             logits = self.generator.logits(states[cfg.levels], cfg.levels, self.quantizer.codebooks)
+            if valid is not None:
+                ok = valid[cfg.levels] | F.one_hot(suffix, logits.shape[-1]).bool()
+                logits = logits.masked_fill(~ok, -1e9)
             gen = gen + F.cross_entropy(logits, suffix)
         terms["generator"] = gen / (cfg.levels + 1)
 
-        if not self.tokenizer_frozen:
+        if not self.tokenizer_frozen and not self.sids_fixed:
             terms.update(self.tokenizer_losses(z, qo, ids))
             if cfg.schedule.strategy == "sdud":
                 terms["sdud"] = self.quantizer.sdud_loss(terms["generator"])
@@ -261,6 +290,21 @@ class GenerativeRecommender(nn.Module):
         return list(gen.decoder(seq, H[b], allowed).unbind(1))
 
     @torch.no_grad()
+    def valid_code_masks(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """For target SIDs ``codes`` [P, L]: per level (and the suffix level), which tokens continue the
+        target's prefix to some item [P, V_l] (``model.trie_softmax``). A prefix the trie does not hold
+        (codes that moved since the last refresh) allows nothing past it; the caller adds the target."""
+        child = self.trie.child
+        node = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+        masks = []
+        for level in range(len(child)):
+            rows = child[level].to(codes.device)[node.clamp(min=0)]  # [P, V_l]
+            masks.append((rows >= 0) & (node >= 0)[:, None])
+            if level < codes.shape[1]:
+                node = rows.gather(1, codes[:, level : level + 1]).squeeze(1).where(node >= 0, node)
+        return masks
+
+    @torch.no_grad()
     def negative_code_vecs(self, step: int) -> torch.Tensor:
         """Code vectors [N+1, L, D] of every item (row 0 = padding), recomputed every negative_codes_every steps.
 
@@ -287,7 +331,7 @@ class GenerativeRecommender(nn.Module):
         codes, vecs = [], []
         for start in range(1, self.num_items + 1, chunk):
             ids = torch.arange(start, min(start + chunk, self.num_items + 1), device=dev)
-            qo = self.quantizer(self.encoder(ids), explore=False)
+            qo = self.fixed_quantize(ids) if self.sids_fixed else self.quantizer(self.encoder(ids), explore=False)
             codes.append(qo.codes)
             vecs.append(qo.code_vecs)
         return torch.cat(codes), torch.cat(vecs)
@@ -343,7 +387,7 @@ class GenerativeRecommender(nn.Module):
                  states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search: top-k items [B, k] and their log-probabilities."""
         decoder, s0 = self.step_decoder(history, states)
-        return beam_search(decoder, s0, self.trie, beam=max(beam or k, k), k=k)
+        return beam_search(decoder, s0, self.trie, beam=max(beam or k, k), k=k, renormalize=self.cfg.trie_softmax)
 
     @torch.no_grad()
     def rank(self, history: torch.Tensor, candidates: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
@@ -366,7 +410,8 @@ class GenerativeRecommender(nn.Module):
         """
         decoder, s0 = self.step_decoder(history, states)
         trie = Trie(self.trie.child[:levels], self.trie.vocab[:levels])
-        nodes, scores = beam_search(decoder, s0, trie, beam=width)  # [B, W] prefix nodes
+        nodes, scores = beam_search(decoder, s0, trie, beam=width,
+                                    renormalize=self.cfg.trie_softmax)  # [B, W] prefix nodes
         order, offsets = self._prefix_groups(levels)
         valid = torch.isfinite(scores)
         nodes = nodes.clamp(min=0)

@@ -101,7 +101,9 @@ def initialise(model: nn.Module, cfg: Config, log: Callable[[str], None] = print
     loaded = warm_start(model, cfg.train.init_from, log) if cfg.train.init_from else []
     if not isinstance(model, GenerativeRecommender):
         return
-    if any(name.startswith("quantizer.") for name in loaded):  # the codebooks came with the warm start
+    if model.sids_fixed:  # model.sid_file: nothing to fit; the codebooks are code embeddings
+        model.freeze_tokenizer()
+    elif any(name.startswith("quantizer.") for name in loaded):  # the codebooks came with the warm start
         if cfg.model.preset == "tiger":
             model.freeze_tokenizer()
     elif cfg.model.preset == "tiger":
@@ -128,7 +130,8 @@ def maybe_revive_codes(ctx: TrainContext, step: int) -> int:
     re-seeds the same codes with the same vectors.
     """
     core, every = ctx.core, ctx.cfg.model.dead_code_steps
-    if every <= 0 or step % every or not isinstance(core, GenerativeRecommender) or core.tokenizer_frozen:
+    if (every <= 0 or step % every or not isinstance(core, GenerativeRecommender) or core.tokenizer_frozen
+            or core.sids_fixed):
         return 0
     q = core.quantizer
     if dist.is_available() and dist.is_initialized():

@@ -1,0 +1,120 @@
+"""SIDs from a file (model.sid_file) and the trie-normalised generator softmax (model.trie_softmax)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raygr.config import ConfigError
+from raygr.data.dataset import DatasetError
+from raygr.data.sid_file import load_sids
+from raygr.data.windows import iterate_windows, make_train_windows_csr
+from raygr.models.factory import build_model
+from raygr.training.batch import TrainBatch
+from raygr.training.loop import TrainContext, initialise, train_step
+from tests.helpers import quiet, tiny_config, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("fixed"), num_users=300, num_items=60)
+
+
+def sid_codes(n: int, levels: int = 3, codes: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, codes, (n, levels))
+
+
+def write_json(path, item_ids, codes, token=False):
+    fmt = (lambda lv, c: f"<{'abcd'[lv]}_{c}>") if token else (lambda lv, c: int(c))
+    path.write_text(json.dumps({k: [fmt(lv, c) for lv, c in enumerate(row)] for k, row in zip(item_ids, codes)}))
+    return path
+
+
+def test_load_json_ints_tokens_and_parquet(tmp_path, ds):
+    ids = ds.items.item_id
+    codes = sid_codes(len(ids))
+    assert (load_sids(write_json(tmp_path / "a.json", ids, codes), ids) == codes).all()
+    assert (load_sids(write_json(tmp_path / "b.json", ids, codes, token=True), ids) == codes).all()
+    pq.write_table(pa.table({"item_id": ids[::-1], "sid": codes[::-1].tolist()}), tmp_path / "c.parquet")
+    assert (load_sids(tmp_path / "c.parquet", ids) == codes).all()  # keyed, not positional
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("unknown", "not in the dataset"), ("missing", "have no SID"), ("ragged", "every SID needs the same"),
+    ("badtoken", "holds no code number"), ("notobject", "must be a JSON object"), ("nofile", "does not exist")])
+def test_bad_sid_files_are_named(tmp_path, ds, damage, message):
+    ids = ds.items.item_id
+    raw = {k: [int(c) for c in row] for k, row in zip(ids, sid_codes(len(ids)))}
+    if damage == "unknown":
+        raw["no-such-item"] = [1, 2, 3]
+    elif damage == "missing":
+        raw.pop(ids[5])
+    elif damage == "ragged":
+        raw[ids[7]] = [1, 2]
+    elif damage == "badtoken":
+        raw[ids[3]] = [1, "<a_>", 2]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(list(raw.values()) if damage == "notobject" else raw))
+    with pytest.raises(DatasetError, match=message) as e:
+        load_sids(tmp_path / "absent.json" if damage == "nofile" else path, ids)
+    assert "json" in str(e.value)
+
+
+def test_levels_and_codes_are_checked_against_the_config(tmp_path, ds):
+    path = write_json(tmp_path / "s.json", ds.items.item_id, sid_codes(ds.num_items, levels=4, codes=40))
+    with pytest.raises(ConfigError, match="model.levels=4"):
+        build_model(tiny_config(f"model.sid_file={path}", "model.preset=tiger"), ds)
+    with pytest.raises(ConfigError, match="model.codes"):
+        build_model(tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.levels=4"), ds)
+
+
+def test_fixed_sids_stay_fixed_and_the_generator_learns(tmp_path, ds):
+    codes = sid_codes(ds.num_items, codes=8)
+    path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
+    cfg = tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.codes=8", "model.trie_softmax=true",
+                      "model.history_item_id=true", "model.generator_layers=1", "train.lr=0.005")
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=quiet)
+    assert (model.table.codes[1:].numpy() == codes).all()
+    before = model.quantizer.codebooks.detach().clone()
+    w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    ctx = TrainContext.create(model, cfg, 20)
+    losses = [train_step(ctx, TrainBatch.from_mapping(b), step)["generator"]
+              for step, b in enumerate(b for e in range(4) for b in iterate_windows(w, 64, 0, e))]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2  # it learned
+    model.refresh()
+    assert (model.table.codes[1:].numpy() == codes).all()  # no step moved an item's SID
+    assert not torch.equal(before, model.quantizer.codebooks)  # the code embeddings are trained
+    state = model.state_dict()
+    assert torch.equal(state["fixed_codes"][1:], torch.from_numpy(codes))  # the checkpoint carries them
+
+
+def test_trie_masks_match_brute_force_and_lower_the_loss(tmp_path, ds):
+    codes = sid_codes(ds.num_items, codes=4, seed=3)
+    path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
+    cfg = tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.codes=4")
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=quiet)
+    target = torch.from_numpy(codes[:10])
+    masks = model.valid_code_masks(target)
+    table = model.table.codes[1:]
+    for level in range(3):
+        for p in range(10):
+            under = (table[:, :level] == target[p, :level]).all(1)
+            expected = torch.zeros(4, dtype=torch.bool)
+            expected[table[under, level]] = True
+            assert torch.equal(masks[level][p], expected)
+    # The suffix level allows exactly the suffixes of the items holding the target's full SID.
+    full = (table == target[0]).all(1).sum()
+    assert int(masks[3][0].sum()) == int(full)
+    # For any logits, the masked cross-entropy is at most the unmasked one (the target is always allowed).
+    logits = torch.randn(10, 4)
+    y = target[:, 1]
+    masked = F.cross_entropy(logits.masked_fill(~masks[1], -1e9), y, reduction="none")
+    assert (masked <= F.cross_entropy(logits, y, reduction="none") + 1e-6).all()
