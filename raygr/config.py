@@ -116,9 +116,14 @@ class ModelConfig:
     # the ranker over every item tested .0376 / .0743 tied vs .0425 / .0685, retrieval alone +33% N@10.
     tie_item_ids: bool = False
     levels: int = 3  # SID levels L
-    # SIDs read from a file (JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's original
-    # item ids; raygr/data/sid_file.py) and fixed for the run: no tokenizer is trained, the codebooks are
-    # the code embeddings the generator reads and scores. model.levels must equal the SIDs' length.
+    # Where the SIDs come from. tokenizer: the item encoder + residual quantizer (learned with the
+    # recommender in joint, trained on content first and frozen in tiger). file: model.sid_file, fixed.
+    # content: residual k-means over the dataset's dense item vectors (a text embedding: prepare with
+    # --option embed=wordllama or vectors=FILE), one-to-one, fixed (raygr/models/content_sids.py). With
+    # file and content no tokenizer is trained; the codebooks are the code embeddings the generator learns.
+    sid_source: Literal["tokenizer", "file", "content"] = "tokenizer"
+    # With model.sid_source=file: JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's
+    # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.
     sid_file: str | None = None
     codes: int = 256  # codes per level K
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
@@ -192,6 +197,8 @@ class ModelConfig:
                "needs model.ranker_item_id=true and model.history_item_id=true (the two tables it ties)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
+        _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
+               "is needed with model.sid_source=file and only then (set both, or neither)")
         _check(self.generator_layers >= 0, "model.generator_layers", "must be >= 0 (0 = the per-level head)")
         _check(0 <= self.generator_dropout < 1, "model.generator_dropout", "must be in [0, 1)")
         _check(self.generator_distill == 0 or self.loss.ranker > 0, "model.generator_distill",

@@ -69,15 +69,15 @@ def test_bad_sid_files_are_named(tmp_path, ds, damage, message):
 def test_levels_and_codes_are_checked_against_the_config(tmp_path, ds):
     path = write_json(tmp_path / "s.json", ds.items.item_id, sid_codes(ds.num_items, levels=4, codes=40))
     with pytest.raises(ConfigError, match="model.levels=4"):
-        build_model(tiny_config(f"model.sid_file={path}", "model.preset=tiger"), ds)
+        build_model(tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger"), ds)
     with pytest.raises(ConfigError, match="model.codes"):
-        build_model(tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.levels=4"), ds)
+        build_model(tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.levels=4"), ds)
 
 
 def test_fixed_sids_stay_fixed_and_the_generator_learns(tmp_path, ds):
     codes = sid_codes(ds.num_items, codes=8)
     path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
-    cfg = tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.codes=8", "model.trie_softmax=true",
+    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=8", "model.trie_softmax=true",
                       "model.history_item_id=true", "model.generator_layers=1", "train.lr=0.005")
     model = build_model(cfg, ds)
     initialise(model, cfg, log=quiet)
@@ -98,7 +98,7 @@ def test_fixed_sids_stay_fixed_and_the_generator_learns(tmp_path, ds):
 def test_trie_masks_match_brute_force_and_lower_the_loss(tmp_path, ds):
     codes = sid_codes(ds.num_items, codes=4, seed=3)
     path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
-    cfg = tiny_config(f"model.sid_file={path}", "model.preset=tiger", "model.codes=4")
+    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=4")
     model = build_model(cfg, ds)
     initialise(model, cfg, log=quiet)
     target = torch.from_numpy(codes[:10])
@@ -118,3 +118,30 @@ def test_trie_masks_match_brute_force_and_lower_the_loss(tmp_path, ds):
     y = target[:, 1]
     masked = F.cross_entropy(logits.masked_fill(~masks[1], -1e9), y, reduction="none")
     assert (masked <= F.cross_entropy(logits, y, reduction="none") + 1e-6).all()
+
+
+def test_content_sids_are_one_to_one_deterministic_and_semantic():
+    from raygr.models.content_sids import content_sids
+    g = np.random.default_rng(0)
+    centres = g.normal(size=(6, 16)) * 5
+    which = g.integers(0, 6, 300)
+    x = centres[which] + 0.1 * g.normal(size=(300, 16))
+    x[10:16] = x[10]  # six items with one identical vector: only the assignment can tell them apart
+    a = content_sids(x, levels=3, codes=16, seed=1)
+    assert len(np.unique(a, axis=0)) == 300  # no collision, so no suffix is needed
+    assert (a == content_sids(x, levels=3, codes=16, seed=1)).all()
+    # Items from one content cluster share their first code far more often than items from two.
+    same = which[:, None] == which[None, :]
+    first = a[:, 0][:, None] == a[:, 0][None, :]
+    assert first[same].mean() > 0.5 and first[~same].mean() < 0.1
+
+
+def test_content_sids_refuse_a_prefix_fuller_than_the_last_level():
+    from raygr.models.content_sids import content_sids
+    with pytest.raises(ValueError, match="raise model.codes"):
+        content_sids(np.ones((20, 4)), levels=2, codes=4)  # 20 identical items share one prefix of 4 last codes
+
+
+def test_content_source_needs_dense_vectors(ds):
+    with pytest.raises(ConfigError, match="embed=wordllama"):
+        build_model(tiny_config("model.sid_source=content", "model.preset=tiger"), ds)

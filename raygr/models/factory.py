@@ -8,6 +8,7 @@ from torch import nn
 from raygr.config import Config, ConfigError
 from raygr.data.dataset import Dataset
 from raygr.data.sid_file import load_sids
+from raygr.models.content_sids import content_sids
 from raygr.models.encoder import token_matrix
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.sasrec import SASRec
@@ -24,8 +25,14 @@ def build_model(cfg: Config, dataset: Dataset) -> nn.Module:
         d = torch.from_numpy(dataset.items.dense)
         dense = torch.cat([d.new_zeros(1, d.shape[1]), d])
     sids = None
-    if cfg.model.sid_file:
+    if cfg.model.sid_source == "file":
         sids = torch.from_numpy(fixed_sids(cfg, dataset))
+    elif cfg.model.sid_source == "content":
+        if dataset.items.dense is None:
+            raise ConfigError(f"model.sid_source=content needs dense item vectors, and {dataset.root} has none: "
+                              "prepare it with --option embed=wordllama (item text) or --option vectors=FILE")
+        sids = torch.from_numpy(content_sids(dataset.items.dense, cfg.model.levels, cfg.model.codes,
+                                             seed=cfg.train.seed))
     return GenerativeRecommender(cfg.model, tokens, n, cfg.data.max_history, dense=dense, sids=sids)
 
 
