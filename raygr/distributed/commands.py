@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from raygr.config import ConfigError
 
@@ -23,6 +24,42 @@ from raygr.config import ConfigError
 def add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray in this process)")
+
+
+def add_verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-data", action="store_true",
+                   help="check every byte of the dataset against its checksums before starting (the file list, "
+                        "sizes and Parquet footers are always checked)")
+
+
+def check_inputs(cfg: Any, data: str | Path, output: str | Path, *, kind: str = "run",
+                 verify: bool = False) -> dict[str, Any]:
+    """Check what needs no Ray before Ray starts (a local Ray takes 5-50 s to start, a cluster longer):
+    the dataset (manifest, files, sizes, schemas; checksums with ``verify``), the output directory (a new or
+    empty one, or one of ours of this ``kind``: "run" or "search"), the checkpoint a run would resume
+    from, and ``train.init_from``. Returns the dataset's manifest."""
+    from raygr.data.dataset import check_files, read_manifest, verify_checksums
+    from raygr.training.checkpoint import check_compatible, latest_checkpoint, prepare_run_dir
+
+    root = Path(data).expanduser().resolve()
+    manifest = read_manifest(root)
+    check_files(root, manifest)
+    if verify:
+        verify_checksums(root, manifest)
+    latest = None
+    if kind == "run":
+        latest = latest_checkpoint(prepare_run_dir(output))
+        if latest is not None:
+            check_compatible(latest, cfg, manifest)
+    else:
+        from raygr.tuning.report import prepare_output
+
+        prepare_output(output)
+    if latest is None and cfg.train.init_from:
+        from raygr.training.warm_start import check_warm_start  # imports torch: only when it is needed
+
+        check_warm_start(cfg, manifest)
+    return manifest
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +85,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--data", default=None, help="prepared dataset directory (default: data.path of the config)")
     p.add_argument("--output", required=True,
-                   help="run directory: config.yaml, checkpoints/{best,latest}, metrics.json (re-use to resume)")
+                   help="run directory: config.yaml, checkpoints/{best,latest}, metrics.json (re-use to resume). "
+                        "Only a new or empty directory, or a raygr run, is accepted: raygr never writes over "
+                        "files it did not create")
+    add_verify_arg(p)
     add_session_args(p)
 
 
@@ -59,6 +99,7 @@ def train_command(args: argparse.Namespace) -> int:
     data = args.data or cfg.data.path
     if not data:
         raise ConfigError("no dataset: pass --data DIR or set data.path in the config")
+    check_inputs(cfg, data, args.output, verify=args.verify_data)
 
     from raygr.distributed.session import ray_session
 

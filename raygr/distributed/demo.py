@@ -23,14 +23,17 @@ DEMO_OVERRIDES = ["train.batch_size=64", "train.epochs=8", "train.log_every=0"] 
 
 def demo_command(args: argparse.Namespace) -> int:
     from raygr.config import load_config
-    from raygr.data.dataset import MANIFEST
+    from raygr.data.dataset import MANIFEST, check_files, read_manifest
     from raygr.data.prepare import prepare
     from raygr.distributed.session import ray_session
+    from raygr.training.checkpoint import prepare_run_dir
 
     started = time.perf_counter()
     cfg = load_config(args.config, [*DEMO_OVERRIDES, *args.set])
     data = Path(args.data)
+    prepare_run_dir(args.output)  # a bad --output fails now, not after the dataset is written
     if (data / MANIFEST).is_file():
+        check_files(data, read_manifest(data))
         print(f"raygr demo: using the dataset already in {data}", flush=True)
     else:
         manifest = prepare("synthetic", None, data, options=dict(DEMO_DATA))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import time
 from typing import Any
 
@@ -49,18 +50,37 @@ def serve_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides).serve
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A local service's port, checked before Ray starts (Serve would fail only after 10+ s of start-up)."""
+    from raygr.config import ConfigError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: only a listener blocks it
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); stop what uses it or pass "
+                              "--port N") from None
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from raygr.config import ConfigError
-    from raygr.data.dataset import read_manifest
-    from raygr.training.checkpoint import read_checkpoint
+    from raygr.data.dataset import check_files, read_manifest
+    from raygr.training.checkpoint import check_compatible, read_checkpoint
 
     cfg = serve_config(args)
     if args.write_config:
         return write_config(args, cfg)
-    info = read_checkpoint(args.checkpoint)  # bad paths fail here, before Ray starts
-    read_manifest(args.data)
-    if args.detach and not (args.address or os.environ.get("RAY_ADDRESS")):
+    # Everything that needs no Ray fails here, before Ray starts: checkpoint, dataset, their match, the port.
+    info = read_checkpoint(args.checkpoint)
+    manifest = read_manifest(args.data)
+    check_files(args.data, manifest)
+    check_compatible(info, info.config, manifest)
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if args.detach and local:
         raise ConfigError("--detach needs a cluster (--address or RAY_ADDRESS): a local Ray ends with this command")
+    if local:
+        check_port_free(cfg.host, cfg.port)
 
     from raygr.distributed.session import ray_session
 

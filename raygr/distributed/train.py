@@ -42,7 +42,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
-from raygr.data.dataset import load_dataset, read_manifest
+from raygr.data.dataset import check_files, load_dataset, read_manifest, verify_checksums
 from raygr.data.windows import make_train_windows_csr
 from raygr.distributed.pipeline import iter_train_batches, training_dataset
 from raygr.distributed.session import quiet_env
@@ -370,12 +370,19 @@ def evaluate_best(cfg: Config, run_dir: Path, dataset_dir: Path) -> dict[str, An
 
 
 def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) into ``run_dir`` on the connected Ray cluster; returns metrics.json's content."""
+                 log: Callable[[str], None] = print, verify_data: bool = False) -> dict[str, Any]:
+    """Train (or resume) into ``run_dir`` on the connected Ray cluster; returns metrics.json's content.
+
+    The dataset's file list, sizes and schemas are checked here (cheap; the workers read the files
+    through Ray Data, whose errors would not name the damage); ``verify_data`` also checks every checksum.
+    """
     start = time.perf_counter()
     quiet_env()
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)  # DatasetError before anything else happens
+    check_files(dataset_dir, manifest)
+    if verify_data:
+        verify_checksums(dataset_dir, manifest)
     run = prepare_run_dir(run_dir)
     fault = FaultSpec.from_env(run)
     latest = latest_checkpoint(run)

@@ -43,14 +43,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
-from raygr.data.dataset import load_dataset, read_manifest
+from raygr.data.dataset import check_files, load_dataset, read_manifest
 from raygr.data.windows import make_train_windows_csr
 from raygr.distributed.session import quiet_env
 from raygr.distributed.train import CACHE_FRACTION, build_trainer
 from raygr.training.checkpoint import (
     CHECKPOINTS,
     DatasetIdentity,
-    RunDirError,
     latest_checkpoint,
     prepare_run_dir,
     read_checkpoint,
@@ -60,12 +59,13 @@ from raygr.training.warm_start import resolve_warm_start
 from raygr.tuning.plan import max_concurrent, trial_resources
 from raygr.tuning.report import (
     METRIC,
-    OUTPUT_FILES,
+    SEARCH_FILE,
     UNFINISHED,
     TrialRecord,
     error_line,
     health_metrics,
     outcome,
+    prepare_output,
     write_outputs,
 )
 from raygr.tuning.space import Dimension, apply, as_overrides, resolve_space, space_to_yaml
@@ -74,8 +74,6 @@ EXPERIMENT = "search"  # Tune's experiment name under OUTPUT/ray: fixed, so a re
 TRIALS_DIR = "trials"  # OUTPUT/trials/<trial id>: each trial's raygr run directory (config, checkpoints)
 CONTROLLER_KEY = "_raygr_train_controller"  # rides on each report from the Train controller to its trial
 ABORT_TIMEOUT_S = 60  # a stopped trial waits this long for its Train run to shut down
-SEARCH_FILE = "search.yaml"
-OUTPUT_NAMES = {SEARCH_FILE, "ray", TRIALS_DIR, *OUTPUT_FILES}
 
 
 # -- inside a trial ---------------------------------------------------------------------------------
@@ -258,22 +256,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
-def prepare_output(path: str | Path) -> Path:
-    """Create/check the search's output directory (refuses a non-empty one that holds no search)."""
-    p = Path(path).expanduser().resolve()
-    if p.exists() and not p.is_dir():
-        raise RunDirError(f"output {p} exists and is not a directory; choose another --output")
-    p.mkdir(parents=True, exist_ok=True)
-    entries = {e.name for e in p.iterdir() if not e.name.startswith(".")}
-    if entries and not entries & OUTPUT_NAMES:
-        raise RunDirError(f"output directory {p} is not empty and holds no raygr search "
-                          f"(found e.g. {sorted(entries)[0]!r}); choose an empty or new --output")
-    if (p / "ray").exists() and not (p / SEARCH_FILE).is_file():
-        raise RunDirError(f"output directory {p} has a ray/ folder but no {SEARCH_FILE}: it is a "
-                          "`raygr train` run, not a search; choose another --output")
-    return p
-
-
 def with_trial_gpus(cfg: Config) -> Config:
     """tune.gpus_per_trial > 0 means the trials train on GPU."""
     if cfg.tune.gpus_per_trial > 0 and not cfg.train.use_gpu:
@@ -353,6 +335,7 @@ def run_tune(cfg: Config, dataset_dir: str | Path, output: str | Path, *, resume
     quiet_env()
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)  # DatasetError before anything else happens
+    check_files(dataset_dir, manifest)
     cfg = with_trial_gpus(resolve_warm_start(cfg, manifest))
     # The space and the resources are checked before any trial starts: a typo costs a second.
     steps = total_steps(cfg, dataset_dir) if not cfg.tune.space else 0

@@ -17,16 +17,19 @@ DESCRIPTION = __doc__
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
-    from raygr.distributed.commands import add_config_args, add_session_args
+    from raygr.distributed.commands import add_config_args, add_session_args, add_verify_arg
 
     add_config_args(p)
     p.add_argument("--data", default=None, help="prepared dataset directory (default: data.path of the config)")
     p.add_argument("--output", required=True,
-                   help="search directory: best_config.yaml, best_checkpoint/, trials.csv, plots (re-use to resume)")
+                   help="search directory: best_config.yaml, best_checkpoint/, trials.csv, plots (re-use to "
+                        "resume). Only a new or empty directory, or a raygr search, is accepted: raygr never "
+                        "writes over files it did not create")
     p.add_argument("--num-samples", type=int, default=None,
                    help="trials to sample (default: tune.num_samples; a grid runs this many times over)")
     p.add_argument("--resume-errored", action="store_true",
                    help="when resuming, retry the trials that failed (from their last checkpoint)")
+    add_verify_arg(p)
     add_session_args(p)
 
 
@@ -40,6 +43,9 @@ def tune_command(args: argparse.Namespace) -> int:
     data = args.data or cfg.data.path
     if not data:
         raise ConfigError("no dataset: pass --data DIR or set data.path in the config")
+    from raygr.distributed.commands import check_inputs
+
+    check_inputs(cfg, data, args.output, kind="search", verify=args.verify_data)  # all before Ray starts
 
     from raygr.distributed.session import ray_session
 

@@ -32,6 +32,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,11 +306,16 @@ def load_model(path: str | Path, dataset: Dataset, device: Any = "cpu",
 
 # -- the run directory ------------------------------------------------------------------------------
 
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create/check an output directory before any work starts; returns its absolute path.
+OWNER_FILE = ".raygr"  # {"kind": "run" | "search", ...}: this directory was created by raygr, for that
 
-    Refuses a directory that is not writable, and a non-empty one that holds no raygr run (so a
-    mistyped --output cannot litter, or later be mistaken for, someone else's directory).
+
+def claim_output(path: str | Path, kind: str, written_by_raygr: Callable[[Path], bool] | None = None) -> Path:
+    """Create or re-use an output directory for a raygr ``kind`` ("run", "search"); returns its absolute path.
+
+    raygr writes (and replaces its own files) only in a directory it created, marked by OWNER_FILE: new or
+    empty directories are claimed; a marked one of the same kind is re-used (resume); a directory made by
+    an older raygr without the mark is recognised by ``written_by_raygr``. Anything else is refused, so a
+    mistyped --output can never overwrite a user's config.yaml, trials.csv or anything else.
     """
     p = Path(path).expanduser().resolve()
     if p.exists() and not p.is_dir():
@@ -322,12 +328,35 @@ def prepare_run_dir(path: str | Path) -> Path:
     except OSError as e:
         raise RunDirError(f"output directory {p} is not writable ({e.strerror or e}); "
                           "choose another --output or fix its permissions") from None
-    known = {CONFIG_FILE, CHECKPOINTS, "ray", "metrics.json", "learning_curve.png"}
-    entries = {e.name for e in p.iterdir() if not e.name.startswith(".")}
-    if entries and not entries & known:
-        raise RunDirError(f"output directory {p} is not empty and holds no raygr run "
-                          f"(found e.g. {sorted(entries)[0]!r}); choose an empty or new --output")
+    owner = p / OWNER_FILE
+    if owner.is_file():
+        try:
+            found = json.loads(owner.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != kind:
+            raise RunDirError(f"output directory {p} is a raygr {found or 'directory of unknown kind'} "
+                              f"({owner}), not a {kind}; choose another --output")
+        return p
+    entries = sorted(e.name for e in p.iterdir() if not e.name.startswith("."))
+    if entries and not (written_by_raygr is not None and written_by_raygr(p)):
+        shown = ", ".join(repr(e) for e in entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(f"output directory {p} is not empty and holds no raygr {kind} (found {shown}); raygr "
+                          "writes only into a new or empty directory, or one it created, so that it never "
+                          "overwrites your files: choose an empty or new --output")
+    write_json_atomic(owner, {"kind": kind, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return p
+
+
+def _older_run(p: Path) -> bool:
+    """A run directory written before OWNER_FILE existed: a checkpoint of ours, or Ray Train's storage."""
+    return any((p / CHECKPOINTS / name / META_FILE).is_file() for name in (LATEST, BEST)) or (
+        (p / "ray").is_dir() and not (p / "search.yaml").exists())
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create/check a run directory before any work starts (``claim_output`` with kind "run")."""
+    return claim_output(path, "run", _older_run)
 
 
 def latest_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:

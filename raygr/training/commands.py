@@ -16,12 +16,18 @@ import time
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from raygr.data.dataset import load_dataset
-    from raygr.training.checkpoint import read_checkpoint, write_json_atomic
-    from raygr.training.report import evaluate_checkpoint, format_rows, popularity_metrics
+    from raygr.data.dataset import check_files, load_dataset, read_manifest
+    from raygr.training.checkpoint import check_compatible, read_checkpoint, write_json_atomic
 
     start = time.perf_counter()
-    info = read_checkpoint(args.checkpoint)  # a bad path fails before the dataset is read
+    # Bad paths, a damaged dataset and a checkpoint of another dataset fail here, before torch is imported.
+    info = read_checkpoint(args.checkpoint)
+    manifest = read_manifest(args.data)
+    check_files(args.data, manifest)
+    check_compatible(info, info.config, manifest)
+
+    from raygr.training.report import evaluate_checkpoint, format_rows, popularity_metrics
+
     dataset = load_dataset(args.data)
     ev = evaluate_checkpoint(info.path, dataset, split=args.split, device=args.device, overrides=args.set,
                              num_users=args.num_users)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raygr.config import Config, dump_config
-from raygr.training.checkpoint import BEST, CHECKPOINTS, META_FILE, publish, write_json_atomic
+from raygr.training.checkpoint import BEST, CHECKPOINTS, META_FILE, claim_output, publish, write_json_atomic
 from raygr.tuning.space import Dimension, apply, as_overrides, fmt_value, space_to_yaml
 
 METRIC = "valid_ndcg@10"  # what ASHA and the best-trial choice look at (reported per epoch by Ray Train)
@@ -26,7 +26,14 @@ BEST_CONFIG, BEST_CHECKPOINT = "best_config.yaml", "best_checkpoint"
 TRIALS_CSV, SUMMARY = "trials.csv", "summary.json"
 CURVES_PNG, STRATEGY_PNG = "valid_ndcg10_by_epoch.png", "ndcg10_by_strategy.png"
 OUTPUT_FILES = (BEST_CONFIG, BEST_CHECKPOINT, TRIALS_CSV, SUMMARY, CURVES_PNG, STRATEGY_PNG)
+SEARCH_FILE = "search.yaml"  # what the search was (space, dataset): a re-run must be the same search
 STRATEGY_KEY = "model.schedule.strategy"
+
+
+def prepare_output(path: str | Path) -> Path:
+    """Create/check a search's output directory (``claim_output``: a new, empty or raygr search one only).
+    Ray-free, so that ``raygr tune`` checks it before Ray starts."""
+    return claim_output(path, "search", lambda p: (p / SEARCH_FILE).is_file())
 LABEL_KEYS = (STRATEGY_KEY, "model.weighting")  # what a plot's legend names a trial by, when searched
 TABLE_METRICS = ("code_util_mean", "collision_rate")  # code health of the last epoch, in the trials table
 
