@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"raygr {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"raygr {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # SIGTERM arrives as raygr.distributed.session.Terminated; exit as a process killed by it would.
+        signum = getattr(e, "signum", 2)
+        print(f"raygr {args.command}: {'interrupted' if signum == 2 else f'stopped by signal {signum}'}",
+              file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

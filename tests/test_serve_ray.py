@@ -174,6 +174,10 @@ def test_bad_requests_get_4xx_saying_what_is_wrong_and_the_service_stays_up(serv
         ("/strict/recommend", json.dumps({"history": [known] * 21}).encode(), 413,
          "'history' has 21 items, more than the 20 this model reads (data.max_history); send only the newest 20 "
          "(this service runs with serve.history_policy=reject)"),
+        # The two bodies the first-hour review found: a 500 before the depth bound, an oversized body.
+        ("/recommend", b"[" * 100_000 + b"]" * 100_000, 400, "more than 8 levels deep"),
+        ("/recommend", b'{"history": ["' + b"x" * (2 << 20) + b'"]}', 413, "more than the"),
+        ("/recommend", b'{"history": [1], "k": ' + b"9" * 5000 + b"}", 400, "JSON parsing refused"),
     ]
     for path, body, status, words in cases:
         got, answer = client.request("POST", path, body)

@@ -39,7 +39,7 @@ from ray.serve.handle import DeploymentHandle
 from raygr.config import ServeConfig, config_from_dict
 from raygr.serving.engine import BatchStats, Loader, ServingModel, load_serving_model, rank_batch, retrieve_batch
 from raygr.serving.pipeline import Retrieved, load_service, recommend_batch, serves_ranker
-from raygr.serving.request import Limits, RecommendRequest, RequestError, parse_json, parse_request
+from raygr.serving.request import Limits, RecommendRequest, RequestError, parse_body, read_limited
 from raygr.training.checkpoint import read_checkpoint
 
 APP_NAME = "raygr"
@@ -172,7 +172,10 @@ class Ingress:
     @api.post("/recommend")
     async def recommend(self, request: Request) -> JSONResponse:
         try:
-            req = parse_request(parse_json(await request.body()), self.catalogue, self.limits)
+            # Size first (from Content-Length, then while streaming), nesting next, JSON last: no body can
+            # make the parser fail with anything but a RequestError (4xx).
+            body = await read_limited(request.stream(), request.headers.get("content-length"), self.limits)
+            req = parse_body(body, self.catalogue, self.limits)
         except RequestError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
         self.in_flight += 1
@@ -311,9 +314,15 @@ def run_app(app: serve.Application, serve_cfg: ServeConfig | None = None, *, nam
     Needs a connected Ray (``raygr.distributed.session.ray_session``, or the tests' fixture). The proxy's
     host and port are fixed by the first call in a Ray session; later apps share it under their own prefix.
     """
+    from raygr.distributed.session import filter_ray_noise
+
     serve_cfg = serve_cfg or ServeConfig()
     logging_config = {**QUIET_LOGS, "log_level": log_level}
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port}, logging_config=logging_config)
+    # This process's Serve logger follows log_level too (Serve's logging_config reaches only its actors):
+    # at WARNING, "Started Serve" and "Application ... is ready" give way to raygr's own line.
+    log.setLevel(log_level)
+    filter_ray_noise()  # Serve added its handlers just now
     return serve.run(app, name=name, route_prefix=route_prefix, logging_config=logging_config)
 
 

@@ -300,9 +300,21 @@ def training_input(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> 
     return ds.materialize() if est_bytes < CACHE_FRACTION * store else ds
 
 
+class Trainer(TorchTrainer):
+    """A TorchTrainer that leaves SIGINT to the command (``ray_session``: Ray stopped wholly, exit 130).
+
+    Ray Train's own handler aborted the run, then exited with status 1 and no message, and took Ctrl-C
+    away from the command for the rest of its life. A run stopped either way resumes from its latest
+    checkpoint. (Ray registers it only in the main thread; Tune's trials never had it.)
+    """
+
+    def _register_sigint_handler(self, controller: Any) -> None:
+        return None
+
+
 def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[str, Any],
                   fault: FaultSpec | None = None, *, callbacks: Iterable[UserCallback] = (),
-                  gpus_per_worker: float | None = None) -> TorchTrainer:
+                  gpus_per_worker: float | None = None) -> Trainer:
     """``callbacks`` join PublishCheckpoints (Tune adds its reporter); ``gpus_per_worker`` lets Tune
     trials share a GPU (default: one GPU per worker when train.use_gpu)."""
     t = cfg.train
@@ -316,7 +328,7 @@ def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu and gpus_per_worker is not None:
         resources["GPU"] = gpus_per_worker
-    return TorchTrainer(
+    return Trainer(
         train_loop_per_worker,
         train_loop_config=job,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
