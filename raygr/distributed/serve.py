@@ -318,11 +318,12 @@ def run_app(app: serve.Application, serve_cfg: ServeConfig | None = None, *, nam
 
     serve_cfg = serve_cfg or ServeConfig()
     logging_config = {**QUIET_LOGS, "log_level": log_level}
-    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port}, logging_config=logging_config)
     # This process's Serve logger follows log_level too (Serve's logging_config reaches only its actors):
     # at WARNING, "Started Serve" and "Application ... is ready" give way to raygr's own line.
     log.setLevel(log_level)
-    filter_ray_noise()  # Serve added its handlers just now
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port}, logging_config=logging_config)
+    log.setLevel(log_level)
+    filter_ray_noise()  # Serve may have added handlers just now
     return serve.run(app, name=name, route_prefix=route_prefix, logging_config=logging_config)
 
 

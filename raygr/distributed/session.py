@@ -98,20 +98,28 @@ def filter_ray_noise() -> None:
         for handler in logger.handlers:
             if _DROP not in handler.filters:
                 handler.addFilter(_DROP)
-    try:  # Ray's private log forwarding (pinned to 2.60 in pyproject): a later Ray without it just prints more
-        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
+    # Ray's private log forwarding (pinned to 2.60 in pyproject; a later Ray without these just prints more).
+    # Worker output arrives through the dispatcher's handlers; error messages pushed to the driver (a failed
+    # task, from the raylet) through the module's print_to_stdstream, looked up at each call.
+    try:
+        import ray._private.worker as ray_worker
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    except (ImportError, AttributeError):
         return
     with dispatcher._lock:
-        dispatcher.handlers = [(name, h if getattr(h, "_raygr_filtered", False) else _filtered(h))
-                               for name, h in dispatcher.handlers]
+        dispatcher.handlers = [(name, _filtered(h)) for name, h in dispatcher.handlers]
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = _filtered(ray_worker.print_to_stdstream)
 
 
-def _filtered(handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    def emit(data: dict[str, Any]) -> None:
-        lines = [line for line in data.get("lines", []) if not is_harmless(line)]
+def _filtered(handler: Callable[..., None]) -> Callable[..., None]:
+    if getattr(handler, "_raygr_filtered", False):
+        return handler
+
+    def emit(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        lines = [line for line in data.get("lines", []) if not is_harmless(str(line))]
         if lines:
-            handler({**data, "lines": lines})
+            handler({**data, "lines": lines}, *args, **kwargs)
 
     emit._raygr_filtered = True  # type: ignore[attr-defined]
     return emit
