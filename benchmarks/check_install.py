@@ -54,8 +54,9 @@ def resolve(line: str, timeout_s: float = 600) -> dict[str, Any]:
             unreachable = [ln for ln in lines if "NewConnectionError" in ln or "Network is unreachable" in ln]
             if unreachable:
                 errno = re.search(r"\[Errno [^\]]*\] [^'\"]*", unreachable[-1])
+                reason = errno.group() if errno else "no connection"
                 return {"status": "unchecked", "seconds": took,
-                        "why": f"its index is unreachable from this machine ({errno.group() if errno else 'no connection'})"}
+                        "why": f"its index is unreachable from this machine ({reason})"}
             return {"status": "failed", "why": lines[-1][:300], "seconds": took}
         installs = json.loads(report.read_text())["install"]
     packages = {p["metadata"]["name"].lower(): p["metadata"]["version"] for p in installs}

@@ -8,7 +8,6 @@ in a fresh interpreter, ``ray`` is never even imported, and the error comes with
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -57,7 +56,8 @@ def cases(r: Path, busy_port: int) -> list[tuple[list[str], str]]:
     """(arguments, words the one-line error must contain)."""
     ds, damaged, mine = str(r / "ds"), str(r / "damaged"), str(r / "mine")
     return [
-        (["train", "--data", str(r / "nope"), "--output", str(r / "o1")], f"dataset directory {r / 'nope'} does not exist"),
+        (["train", "--data", str(r / "nope"), "--output", str(r / "o1")],
+         f"dataset directory {r / 'nope'} does not exist"),
         (["train", "--data", damaged, "--output", str(r / "o2")], "part-00001.parquet is missing"),
         (["train", "--data", ds, "--output", str(r / "o3"), "--set", "train.epochs=zero"], "train.epochs"),
         (["train", "--data", ds, "--output", mine], "holds no raygr run (found 'config.yaml')"),
