@@ -99,7 +99,7 @@ def test_bad_inputs_fail_before_any_work(ray_cluster, first_run, data, tmp_path,
     shutil.copytree(first_run[0], run)
     checks = [
         (lambda: run_training(cfg(), tmp_path / "nowhere", tmp_path / "x", log=quiet), DatasetError,
-         "manifest.json is missing"),
+         "does not exist"),
         (lambda: run_training(cfg(), data, tmp_path / "x" / "metrics.json" / "y", log=quiet), RunDirError,
          "not writable"),
         (lambda: run_training(cfg("model.dim=32"), data, run, log=quiet), CheckpointError, "'model.dim'"),

@@ -184,6 +184,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+# Workers retitle themselves "ray::..."; the dashboard's module processes "ray-dashboard-..." (forked from a
+# forkserver that imports ray.dashboard); everything else runs from inside Ray's package
+# (.../ray/core/src/ray/raylet/raylet, .../ray/dashboard/agent.py, ...).
+RAY_PROCESS = re.compile(r"ray::|/ray/|ray[-.]dashboard")
+
+
 def ray_descendants(root: int | None = None) -> dict[int, str]:
     """Ray processes below ``root`` (default: this one) as {pid: start time}; empty where /proc is absent."""
     root = os.getpid() if root is None else root
@@ -203,8 +209,8 @@ def ray_descendants(root: int | None = None) -> dict[int, str]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        # Only Ray's own processes (raylet, gcs_server, agents, workers "ray::..."): never a user's child.
-        if "ray" in _cmdline(pid):
+        # Only Ray's own processes, never another child of this one.
+        if RAY_PROCESS.search(_cmdline(pid)):
             out[pid] = start[pid]
     return out
 
