@@ -155,6 +155,11 @@ class ModelConfig:
     # trie), in training and in beam search: a SID's score is then its item's probability, and the
     # generator spends no capacity pushing down codes that constrained decoding never offers.
     trie_softmax: bool = False
+    # An output embedding per SID prefix (trie node) added to its code's embedding in the generator's
+    # logits: below the first level a code means something else under every prefix, and the node's own
+    # vector lets the deep levels score the prefix (nearly an item) as an ID model scores items. Needs
+    # fixed SIDs (model.sid_source file or content: node numbers must not move) and model.trie_softmax.
+    node_embeddings: bool = False
     # Share of the generator's per-level target taken from the ranker (0..1): the ranker's softmax over
     # the items sharing the target's SID prefix, summed by their next code; the rest is the one-hot
     # next item. The generator then learns which codes the ranker rates, not only the observed one.
@@ -199,6 +204,9 @@ class ModelConfig:
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
                "is needed with model.sid_source=file and only then (set both, or neither)")
+        _check(not self.node_embeddings or (self.sid_source != "tokenizer" and self.trie_softmax),
+               "model.node_embeddings", "needs fixed SIDs (model.sid_source=file or content) and "
+               "model.trie_softmax=true")
         _check(self.generator_layers >= 0, "model.generator_layers", "must be >= 0 (0 = the per-level head)")
         _check(0 <= self.generator_dropout < 1, "model.generator_dropout", "must be in [0, 1)")
         _check(self.generator_distill == 0 or self.loss.ranker > 0, "model.generator_distill",

@@ -145,3 +145,53 @@ def test_content_sids_refuse_a_prefix_fuller_than_the_last_level():
 def test_content_source_needs_dense_vectors(ds):
     with pytest.raises(ConfigError, match="embed=wordllama"):
         build_model(tiny_config("model.sid_source=content", "model.preset=tiger"), ds)
+
+
+@pytest.mark.parametrize("layers", [0, 1])  # the per-level head, the Transformer decoder
+def test_node_embeddings_beam_search_matches_reference_and_training(tmp_path, ds, layers):
+    from raygr.models.decoding import beam_search, reference_beam_search
+    codes = sid_codes(ds.num_items, codes=4, seed=5)
+    path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
+    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=4",
+                      "model.trie_softmax=true", "model.node_embeddings=true", "model.history_item_id=true",
+                      f"model.generator_layers={layers}")
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=quiet)
+    torch.manual_seed(0)
+    for emb in model.node_emb:  # trained-looking node vectors, so that they decide the order
+        emb.weight.data.normal_(0, 1.0)
+    model.eval()
+    model.refresh()
+    history = torch.randint(1, model.num_items + 1, (4, 6))
+    dec, s0 = model.step_decoder(history)
+    assert dec.reads_children
+    items, scores = beam_search(dec, s0, model.trie, beam=8, renormalize=True)
+    for b in range(4):
+        user = dec.user(b) if layers else dec
+        ref_items, ref_scores = reference_beam_search(user, s0[b : b + 1], model.table, beam=8, renormalize=True,
+                                                      nodes=model.trie)
+        assert items[b].tolist() == ref_items[0]
+        assert torch.allclose(scores[b], torch.tensor(ref_scores[0]), atol=1e-5)
+    # Without the node vectors the order is another: they are really read.
+    for emb in model.node_emb:
+        emb.weight.data.zero_()
+    plain, _ = beam_search(dec, s0, model.trie, beam=8, renormalize=True)
+    assert not torch.equal(plain, items)
+    # Training scores what decoding scores: the teacher-forced loss's logits equal the decoder's at level 1.
+    for emb in model.node_emb:
+        emb.weight.data.normal_(0, 1.0)
+    target = items[:, 0]
+    H = model.history_states(history)
+    has_tgt = torch.zeros_like(history, dtype=torch.bool)
+    has_tgt[:, -1] = True
+    states = model.teacher_forced_states(H, history != 0, has_tgt, model.fixed_quantize(target).code_vecs)
+    children = model.trie_children(model.fixed_codes[target])
+    s1 = dec.advance(s0, 0, model.fixed_codes[target, 0])
+    want = model.level_logits(states[1], 1, children[1])
+    got = dec.level_logits(s1, 1, children[1])
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+def test_node_embeddings_need_fixed_sids():
+    with pytest.raises(ConfigError, match="model.node_embeddings"):
+        tiny_config("model.node_embeddings=true", "model.trie_softmax=true")

@@ -109,8 +109,13 @@ class BoundCodeDecoder:
         self.decoder, self.logits, self.codebooks = decoder, logits, codebooks
         self.memory, self.allowed = memory, allowed
 
-    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor:
-        return self.logits(self.decoder(s, self.memory, self.allowed)[:, -1], level)
+    @property
+    def reads_children(self) -> bool:
+        return getattr(self.logits, "__self__", None) is not None and getattr(self.logits.__self__, "reads_children", False)
+
+    def level_logits(self, s: torch.Tensor, level: int, child: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.decoder(s, self.memory, self.allowed)[:, -1]
+        return self.logits(out, level) if child is None else self.logits(out, level, child)
 
     def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder.append(s, level, self.codebooks[level][tokens])

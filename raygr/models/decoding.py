@@ -23,9 +23,14 @@ from raygr.models.sid import SIDTable
 
 class StepDecoder(Protocol):
     """Decoding state: a tensor whose first dimension is the row (user x beam, user-major); the rest is
-    the decoder's own ([M, D] for the per-level head, [M, P, D] decoded inputs for the Transformer)."""
+    the decoder's own ([M, D] for the per-level head, [M, P, D] decoded inputs for the Transformer).
 
-    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor: ...  # [M, ...] -> [M, V_level]
+    A decoder with ``reads_children = True`` also gets each row's children in the trie, ``child`` [M, V]
+    (the node or item each token leads to, -1 = none), so it can score a token by where it leads
+    (``model.node_embeddings``), not only by the code it is."""
+
+    def level_logits(self, s: torch.Tensor, level: int, child: torch.Tensor | None = None
+                     ) -> torch.Tensor: ...  # [M, ...] -> [M, V_level]
     def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor: ...  # -> [M, ...]
 
 
@@ -91,7 +96,8 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
     for level in range(trie.depth):
         W, V = nodes.shape[1], trie.vocab[level]
         child = trie.child[level][nodes.clamp(min=0)]  # [B, W, V]
-        logits = decoder.level_logits(s, level).float().view(B, W, V)
+        logits = (decoder.level_logits(s, level, child.view(B * W, V)) if getattr(decoder, "reads_children", False)
+                  else decoder.level_logits(s, level)).float().view(B, W, V)
         if renormalize:  # a row with no valid child gives NaN here; the mask below never picks it
             logits = logits.masked_fill(child < 0, float("-inf"))
         logp = F.log_softmax(logits, -1)
@@ -115,8 +121,12 @@ def beam_search(decoder: StepDecoder, s0: torch.Tensor, trie: Trie, beam: int, k
 
 @torch.no_grad()
 def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTable, beam: int,
-                          k: int | None = None, renormalize: bool = False) -> tuple[list[list[int]], list[list[float]]]:
-    """One user at a time, a dict trie, explicit lists: slow and easy to check."""
+                          k: int | None = None, renormalize: bool = False,
+                          nodes: Trie | None = None) -> tuple[list[list[int]], list[list[float]]]:
+    """One user at a time, a dict trie, explicit lists: slow and easy to check.
+
+    ``nodes``: for a decoder that reads children, the trie whose node numbering it was built with; only
+    its child tables are read, to tell the decoder where each token of a beam's prefix leads."""
     k = beam if k is None else min(k, beam)
     trie: dict = {}
     sids = table.sids().tolist()
@@ -131,11 +141,14 @@ def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTabl
     depth = table.levels + 1
     all_items, all_scores = [], []
     for b in range(s0.shape[0]):
-        beams = [(0.0, trie, s0[b : b + 1])]  # (score, trie node, state [1, ...])
+        beams = [(0.0, trie, s0[b : b + 1], 0)]  # (score, trie node, state [1, ...], node number)
         for level in range(depth):
             cands = []
-            for score, node, s in beams:
-                logits = decoder.level_logits(s, level).float()[0]
+            for score, node, s, number in beams:
+                if getattr(decoder, "reads_children", False):
+                    logits = decoder.level_logits(s, level, nodes.child[level][number][None]).float()[0]
+                else:
+                    logits = decoder.level_logits(s, level).float()[0]
                 if renormalize:
                     valid = torch.tensor(sorted(node), dtype=torch.long, device=logits.device)
                     logp = torch.full_like(logits, float("-inf"))
@@ -143,14 +156,15 @@ def reference_beam_search(decoder: StepDecoder, s0: torch.Tensor, table: SIDTabl
                 else:
                     logp = F.log_softmax(logits, -1)
                 for tok, nxt in node.items():
-                    cands.append((score + float(logp[tok]), tok, nxt, s))
+                    after = int(nodes.child[level][number, tok]) if nodes is not None else 0
+                    cands.append((score + float(logp[tok]), tok, nxt, s, after))
             cands.sort(key=lambda c: -c[0])
             width = beam if level + 1 < depth else k
             beams = []
-            for score, tok, nxt, s in cands[:width]:
+            for score, tok, nxt, s, after in cands[:width]:
                 if level + 1 < depth:
                     s = decoder.advance(s, level, torch.tensor([tok], device=s.device))
-                beams.append((score, nxt, s))
-        all_items.append([nxt for _, nxt, _ in beams])
-        all_scores.append([score for score, _, _ in beams])
+                beams.append((score, nxt, s, after))
+        all_items.append([nxt for _, nxt, _, _ in beams])
+        all_scores.append([score for score, _, _, _ in beams])
     return all_items, all_scores

@@ -104,12 +104,29 @@ class GenerativeRecommender(nn.Module):
         self.tokenizer_frozen = False
         # [N+1, L], row 0 = padding; a buffer, so a checkpoint carries the SIDs it was trained with
         self.register_buffer("fixed_codes", None if sids is None else torch.cat([sids.new_zeros(1, L), sids]).long())
+        # model.node_embeddings: an output embedding per trie node (SID prefix) at depths 1..L, added to its
+        # code's. A code means one thing at level 0 but another under every prefix below it; the node's own
+        # vector lets the deep levels score the prefix (nearly an item) itself, as an ID model scores items.
+        # Node numbers come from the trie of the fixed SIDs, so they never move. Zero at the start: the
+        # generator starts as the code-only one.
+        self.node_emb: nn.ModuleList | None = None
+        if cfg.node_embeddings:
+            if sids is None:
+                raise ValueError("model.node_embeddings needs fixed SIDs (model.sid_source file or content)")
+            trie = Trie.from_table(SIDTable.from_codes(sids, K, cfg.max_suffix))
+            self.node_emb = nn.ModuleList(nn.Embedding(trie.child[level + 1].shape[0], D) for level in range(L))
+            for emb in self.node_emb:
+                nn.init.zeros_(emb.weight)
 
     has_ranker = True
 
     @property
     def sids_fixed(self) -> bool:
         return self.fixed_codes is not None
+
+    @property
+    def reads_children(self) -> bool:  # beam search then hands level_logits each row's trie children
+        return self.node_emb is not None
 
     # -- state that is not a parameter: the SID table travels with the checkpoint ------------------
     def get_extra_state(self) -> dict:
@@ -238,10 +255,11 @@ class GenerativeRecommender(nn.Module):
             H = H.detach() + g * (H - H.detach())
         states = self.teacher_forced_states(H, has_in, has_tgt, qo.code_vecs[tgt_rows])
         alpha = cfg.generator_distill if teacher is not None else 0.0
-        valid = self.valid_code_masks(qo.codes[tgt_rows]) if cfg.trie_softmax and self.trie is not None else None
+        children = self.trie_children(qo.codes[tgt_rows]) if cfg.trie_softmax and self.trie is not None else None
+        valid = [c >= 0 for c in children] if children is not None else None
         gen = h.new_zeros(())
         for level in range(cfg.levels):
-            logits = self.generator.logits(states[level], level, self.quantizer.codebooks)
+            logits = self.level_logits(states[level], level, children[level] if children is not None else None)
             a = qo.assign[tgt_rows, level]
             a = a.detach() + cfg.target_assign_grad * (a - a.detach())  # forward value: the hard code
             if alpha > 0:
@@ -251,7 +269,7 @@ class GenerativeRecommender(nn.Module):
             gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
         if self.table is not None:
             suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
-            logits = self.generator.logits(states[cfg.levels], cfg.levels, self.quantizer.codebooks)
+            logits = self.level_logits(states[cfg.levels], cfg.levels)
             if valid is not None:
                 ok = valid[cfg.levels] | F.one_hot(suffix, logits.shape[-1]).bool()
                 logits = logits.masked_fill(~ok, -1e9)
@@ -290,19 +308,23 @@ class GenerativeRecommender(nn.Module):
         return list(gen.decoder(seq, H[b], allowed).unbind(1))
 
     @torch.no_grad()
-    def valid_code_masks(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        """For target SIDs ``codes`` [P, L]: per level (and the suffix level), which tokens continue the
-        target's prefix to some item [P, V_l] (``model.trie_softmax``). A prefix the trie does not hold
-        (codes that moved since the last refresh) allows nothing past it; the caller adds the target."""
+    def trie_children(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """For target SIDs ``codes`` [P, L]: per level (and the suffix level), where each token leads from
+        the target's prefix [P, V_l] (a node, at the suffix level an item; -1 = no item has that prefix).
+        A prefix the trie does not hold (codes that moved since the last refresh) has no children."""
         child = self.trie.child
         node = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
-        masks = []
+        out = []
         for level in range(len(child)):
             rows = child[level].to(codes.device)[node.clamp(min=0)]  # [P, V_l]
-            masks.append((rows >= 0) & (node >= 0)[:, None])
+            out.append(rows.masked_fill((node < 0)[:, None], -1))
             if level < codes.shape[1]:
                 node = rows.gather(1, codes[:, level : level + 1]).squeeze(1).where(node >= 0, node)
-        return masks
+        return out
+
+    def valid_code_masks(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Which tokens continue each target's prefix to some item, per level [P, V_l] (model.trie_softmax)."""
+        return [c >= 0 for c in self.trie_children(codes)]
 
     @torch.no_grad()
     def negative_code_vecs(self, step: int) -> torch.Tensor:
@@ -376,8 +398,16 @@ class GenerativeRecommender(nn.Module):
         return BoundCodeDecoder(dec, self.level_logits, self.quantizer.codebooks, H, allowed), dec.start(H[:, -1])
 
     # StepDecoder protocol for beam search
-    def level_logits(self, s: torch.Tensor, level: int) -> torch.Tensor:
-        return self.generator.logits(s, level, self.quantizer.codebooks)
+    def level_logits(self, s: torch.Tensor, level: int, child: torch.Tensor | None = None) -> torch.Tensor:
+        """Generator logits [M, V_level] from states s [M, D]; with model.node_embeddings and the rows'
+        trie children ``child`` [M, V] (-1 = none), each valid token also scores the node it leads to."""
+        logits = self.generator.logits(s, level, self.quantizer.codebooks)
+        if child is None or self.node_emb is None or level >= len(self.node_emb):
+            return logits
+        m, v = (child >= 0).nonzero(as_tuple=True)  # only real children: few below the first level
+        q = self.generator.query[level](s)  # [M, D]
+        score = (q[m] * self.node_emb[level](child[m, v])).sum(-1)
+        return logits.index_put((m, v), logits[m, v] + score)
 
     def advance(self, s: torch.Tensor, level: int, tokens: torch.Tensor) -> torch.Tensor:
         return self.generator.advance(s, level, self.quantizer.codebooks[level][tokens])
@@ -388,6 +418,30 @@ class GenerativeRecommender(nn.Module):
         """Constrained beam search: top-k items [B, k] and their log-probabilities."""
         decoder, s0 = self.step_decoder(history, states)
         return beam_search(decoder, s0, self.trie, beam=max(beam or k, k), k=k, renormalize=self.cfg.trie_softmax)
+
+    @torch.no_grad()
+    def teacher_forced_hits(self, history: torch.Tensor, target: torch.Tensor,
+                            states: torch.Tensor | None = None) -> torch.Tensor:
+        """Per SID level (and the suffix), how many of the targets [B] the generator's top code gets right
+        when fed the target's true prefix [L+1]: where a level's errors come from, beam search aside."""
+        self._ready()
+        H = self.history_states(history) if states is None else states  # [B, T, D]
+        has_in = history != 0
+        has_tgt = torch.zeros_like(has_in)
+        has_tgt[:, -1] = True
+        qo = self.fixed_quantize(target) if self.sids_fixed else self.quantizer(self.encoder(target), explore=False)
+        codes = self.table.codes.to(target.device)[target]  # [B, L], what the trie was built from
+        suffix = self.table.suffix.to(target.device)[target]
+        tokens = torch.cat([codes, suffix[:, None]], 1)  # [B, L+1]
+        states_l = self.teacher_forced_states(H, has_in | has_tgt, has_tgt, qo.code_vecs)
+        children = self.trie_children(codes) if self.cfg.trie_softmax else None
+        hits = []
+        for level in range(self.cfg.levels + 1):
+            logits = self.level_logits(states_l[level], level, children[level] if children is not None else None)
+            if children is not None:
+                logits = logits.masked_fill(children[level] < 0, float("-inf"))
+            hits.append((logits.argmax(-1) == tokens[:, level]).sum())
+        return torch.stack(hits)
 
     @torch.no_grad()
     def rank(self, history: torch.Tensor, candidates: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:

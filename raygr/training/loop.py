@@ -225,7 +225,7 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
     model.refresh()
     kmax = max(DEFAULT_KS)
     bs = cfg.train.eval_batch_size
-    main, retrieval, bad, ranked = [], [], np.zeros(2), []
+    main, retrieval, bad, ranked, tf_hits = [], [], np.zeros(2), [], 0
     for start in range(0, len(examples), bs):
         hist = torch.from_numpy(examples.history[start:start + bs]).to(device)
         tgt = torch.from_numpy(examples.target[start:start + bs]).to(device)
@@ -236,6 +236,7 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
             ranked.append(np.zeros(len(tgt), dtype=np.int64))
             continue
         H = model.history_states(hist)  # [B, T, D], encoded once for retrieval and ranking
+        tf_hits = tf_hits + model.teacher_forced_hits(hist, tgt, H).cpu().numpy()
         items, _ = model.retrieve(hist, k=kmax, beam=max(cfg.train.beam_size, kmax), states=H)
         retrieval.append(ranks_from_lists(items, tgt))
         h = decoding_health(items.cpu().numpy(), model.num_items)
@@ -250,8 +251,11 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
         else:
             main.append(retrieval[-1])
             ranked.append(np.zeros(len(tgt), dtype=np.int64))
-    return {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad,
-            "ranked": np.concatenate(ranked)}
+    out = {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad,
+           "ranked": np.concatenate(ranked)}
+    if isinstance(model, GenerativeRecommender):
+        out["teacher_forced"] = np.asarray(tf_hits, dtype=np.float64) / max(len(examples), 1)
+    return out
 
 
 def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
@@ -262,6 +266,8 @@ def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
     out["num_users"] = int(len(ranks["main"]))
     # Items the ranker scored per user (0 without a ranker): what a retrieve-then-rank figure cost.
     out["candidates_per_user"] = float(ranks["ranked"].mean()) if len(ranks["ranked"]) else 0.0
+    if "teacher_forced" in ranks:  # per level (last = suffix): top code right given the true prefix
+        out["teacher_forced_accuracy"] = [round(float(a), 4) for a in ranks["teacher_forced"]]
     return out
 
 
@@ -298,8 +304,10 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
     evaluate_fn = evaluate_fn or (lambda: evaluate(ctx.core, valid, cfg, ctx.device))
     while state.epoch < cfg.train.epochs and not state.stopped_early:
         epoch = state.epoch
+        before = None
         if isinstance(ctx.core, GenerativeRecommender):
             ctx.core.refresh()  # suffix targets follow the current codes
+            before = ctx.core.table.sids().clone()
         sums: dict[str, float] = {}
         n_steps, t0, last_log = 0, time.perf_counter(), time.perf_counter()
         for raw in train_batches(epoch):
@@ -325,6 +333,9 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
                   "samples_per_s": (n_steps * cfg.train.batch_size) / max(elapsed, 1e-9),
                   "train": {k: v / max(n_steps, 1) for k, v in sums.items()}, "valid": metrics,
                   "codebook": codebook_health(ctx.core)}
+        if before is not None:  # after validation's refresh: the SIDs the epoch ended with
+            after = ctx.core.table.sids()
+            record["codebook"]["sid_changed"] = float((after[1:] != before[1:]).any(1).float().mean())
         score = metrics[TARGET_METRIC]
         is_best = score > state.best_metric
         if is_best:
@@ -339,6 +350,10 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
             log(f"epoch {epoch + 1}: loss {record['train'].get('loss', 0):.4f} | valid ndcg@10 {score:.4f} "
                 f"recall@10 {metrics['recall@10']:.4f} | {record['samples_per_s']:.0f} samples/s"
                 + (f" | code util {[round(u, 2) for u in util]}" if util else "")
+                + (f" | SIDs changed {record['codebook']['sid_changed']:.3f}" if "sid_changed" in record["codebook"]
+                   else "")
+                + (f" | teacher-forced acc {metrics['teacher_forced_accuracy']}"
+                   if "teacher_forced_accuracy" in metrics else "")
                 + (" | best" if is_best else ""))
         if on_epoch_end is not None:
             on_epoch_end(state, record, is_best)
