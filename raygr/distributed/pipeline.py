@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from raygr.data.dataset import read_manifest, sequence_shard_paths, verify_checksums
+from raygr.data.dataset import check_files, read_manifest, sequence_shard_paths, verify_checksums
 from raygr.data.windows import make_train_windows
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def training_dataset(dataset_dir: str | Path, max_history: int, *, verify: bool 
         raise ValueError(f"max_history must be >= 1, got {max_history}")
     root = Path(dataset_dir).resolve()
     manifest = read_manifest(root)
+    check_files(root, manifest)  # a damaged shard named here, not as a Ray Data task failure later
     if verify:
         verify_checksums(root, manifest)
     paths = [str(p) for p in sequence_shard_paths(root, manifest)]
