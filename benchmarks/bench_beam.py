@@ -25,7 +25,7 @@ from raygr.data.split import eval_examples
 from raygr.data.synthetic import generate
 from raygr.metrics import decoding_health
 from raygr.models.decoding import beam_search, reference_beam_search
-from raygr.models.factory import build_model
+from raygr.training.factory import build_model
 from raygr.training.loop import initialise
 
 

@@ -34,8 +34,8 @@ from raygr.config import load_config
 from raygr.data.dataset import load_dataset, write_dataset
 from raygr.data.synthetic import generate
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
 from raygr.training.checkpoint import read_checkpoint
+from raygr.training.factory import build_model
 from raygr.training.local import eval_split
 from raygr.training.loop import TrainContext, fit, initialise
 

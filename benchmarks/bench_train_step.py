@@ -23,8 +23,8 @@ from benchmarks.bench_beam import dataset
 from benchmarks.common import write_result
 from raygr.config import load_config
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
+from raygr.training.factory import build_model
 from raygr.training.loop import TrainContext, initialise, train_step
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks

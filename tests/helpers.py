@@ -9,7 +9,7 @@ from torch import nn
 from raygr.config import Config, load_config
 from raygr.data.dataset import Dataset, load_dataset, write_dataset
 from raygr.data.synthetic import generate
-from raygr.models.factory import build_model
+from raygr.training.factory import build_model
 from raygr.training.loop import initialise
 
 TINY = ["model.dim=32", "model.codes=32", "model.token_buckets=2048", "model.num_negatives=32",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from raygr.data.dataset import Dataset
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
 from raygr.training.checkpoint import DatasetIdentity, save_checkpoint
+from raygr.training.factory import build_model
 from raygr.training.local import eval_split
 from raygr.training.loop import TrainContext, TrainState, fit, initialise
 from tests.helpers import tiny_config

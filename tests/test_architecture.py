@@ -25,3 +25,15 @@ def test_only_the_distributed_package_imports_ray():
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"ray imported outside raygr/distributed/: {offenders}"
     assert imported_modules(PACKAGE / "distributed" / "train.py") & {"ray", "ray.train"}, "the check finds imports"
+
+
+def test_models_import_nothing_from_training_or_data():
+    """The model package is the pure core: batch types live with it, and building a model from a dataset
+    (raygr/training/factory.py) is the training package's job."""
+    offenders = {
+        str(path.relative_to(PACKAGE.parent)): sorted(m for m in imported_modules(path)
+                                                      if m.startswith(("raygr.training", "raygr.data")))
+        for path in (PACKAGE / "models").rglob("*.py")
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"raygr/models imports training/ or data/: {offenders}"

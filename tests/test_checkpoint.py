@@ -17,7 +17,6 @@ from raygr.cli import main
 from raygr.data.dataset import write_dataset
 from raygr.data.synthetic import generate
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
 from raygr.training.checkpoint import (
     CheckpointError,
     DatasetIdentity,
@@ -32,6 +31,7 @@ from raygr.training.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from raygr.training.factory import build_model
 from raygr.training.local import eval_split
 from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
 from raygr.training.report import plot_learning_curve, results_table, run_metrics

@@ -5,8 +5,8 @@ import dataclasses
 
 import torch
 
-from raygr.models.factory import build_model
 from raygr.models.joint import ranker_code_targets
+from raygr.training.factory import build_model
 from raygr.training.loop import initialise
 from tests.helpers import tiny_config, tiny_dataset
 from tests.test_gradients import first_batch

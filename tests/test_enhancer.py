@@ -3,9 +3,9 @@
 import torch
 
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
 from raygr.training.enhancer import HardNegativeMiner
+from raygr.training.factory import build_model
 from raygr.training.loop import initialise
 from tests.helpers import tiny_config, tiny_dataset
 

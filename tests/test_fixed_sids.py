@@ -15,8 +15,8 @@ from raygr.config import ConfigError
 from raygr.data.dataset import DatasetError
 from raygr.data.sid_file import load_sids
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
+from raygr.training.factory import build_model
 from raygr.training.loop import TrainContext, initialise, train_step
 from tests.helpers import quiet, tiny_config, tiny_dataset
 
@@ -71,13 +71,15 @@ def test_levels_and_codes_are_checked_against_the_config(tmp_path, ds):
     with pytest.raises(ConfigError, match="model.levels=4"):
         build_model(tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger"), ds)
     with pytest.raises(ConfigError, match="model.codes"):
-        build_model(tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.levels=4"), ds)
+        build_model(tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger",
+                                "model.levels=4"), ds)
 
 
 def test_fixed_sids_stay_fixed_and_the_generator_learns(tmp_path, ds):
     codes = sid_codes(ds.num_items, codes=8)
     path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
-    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=8", "model.trie_softmax=true",
+    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=8",
+                      "model.trie_softmax=true",
                       "model.history_item_id=true", "model.generator_layers=1", "train.lr=0.005")
     model = build_model(cfg, ds)
     initialise(model, cfg, log=quiet)

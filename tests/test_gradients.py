@@ -5,9 +5,9 @@ import torch
 
 from raygr.config import config_to_dict
 from raygr.data.windows import make_train_windows_csr
-from raygr.models.factory import build_model
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
 from raygr.training.checkpoint import CheckpointError, CheckpointInfo, check_compatible
+from raygr.training.factory import build_model
 from raygr.training.loop import initialise
 from tests.helpers import tiny_config, tiny_dataset
 

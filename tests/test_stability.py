@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
+from raygr.training.factory import build_model
 from raygr.training.loop import NonFiniteLoss, TrainContext, initialise, train_step
 from tests.helpers import tiny_config, tiny_dataset
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
 from raygr.training.checkpoint import CheckpointError, DatasetIdentity, save_checkpoint
+from raygr.training.factory import build_model
 from raygr.training.local import eval_split, train_local
 from raygr.training.loop import TrainContext, fit, initialise
 from raygr.training.warm_start import check_warm_start, resolve_warm_start

@@ -47,7 +47,6 @@ from raygr.data.windows import make_train_windows_csr
 from raygr.distributed.pipeline import iter_train_batches, training_dataset
 from raygr.distributed.session import quiet_env
 from raygr.metrics import DEFAULT_KS
-from raygr.models.factory import build_model
 from raygr.models.joint import GenerativeRecommender
 from raygr.training.checkpoint import (
     BEST,
@@ -63,6 +62,7 @@ from raygr.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from raygr.training.factory import build_model
 from raygr.training.local import eval_split
 from raygr.training.loop import (
     TARGET_METRIC,

@@ -111,7 +111,8 @@ class BoundCodeDecoder:
 
     @property
     def reads_children(self) -> bool:
-        return getattr(self.logits, "__self__", None) is not None and getattr(self.logits.__self__, "reads_children", False)
+        owner = getattr(self.logits, "__self__", None)  # the model whose level_logits this is
+        return bool(getattr(owner, "reads_children", False))
 
     def level_logits(self, s: torch.Tensor, level: int, child: torch.Tensor | None = None) -> torch.Tensor:
         out = self.decoder(s, self.memory, self.allowed)[:, -1]

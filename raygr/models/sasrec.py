@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygr.config import ModelConfig
+from raygr.models.batch import TrainBatch
 from raygr.models.sequence import SequenceEncoder
-from raygr.training.batch import TrainBatch
 
 
 class SASRec(nn.Module):

@@ -293,7 +293,7 @@ def load_model(path: str | Path, dataset: Dataset, device: Any = "cpu",
     ``overrides`` change evaluation-time keys (e.g. train.beam_size); shape keys must still agree.
     """
     from raygr.config import replace
-    from raygr.models.factory import build_model
+    from raygr.training.factory import build_model
 
     info = read_checkpoint(path)
     cfg = replace(info.config, overrides) if overrides else info.config

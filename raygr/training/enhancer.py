@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from raygr.training.batch import TrainBatch
+from raygr.models.batch import TrainBatch
 
 
 class HardNegativeMiner:

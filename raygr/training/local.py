@@ -18,7 +18,7 @@ from raygr.config import Config
 from raygr.data.dataset import Dataset, load_dataset
 from raygr.data.split import EvalExamples, eval_examples
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.models.factory import build_model
+from raygr.training.factory import build_model
 from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
 from raygr.training.warm_start import check_warm_start
 

@@ -25,9 +25,9 @@ from torch import nn
 from raygr.config import Config
 from raygr.data.split import EvalExamples
 from raygr.metrics import DEFAULT_KS, decoding_health, metrics_from_ranks, ranks_from_lists, ranks_from_scores
+from raygr.models.batch import TrainBatch
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.schedules import lr_factor, noise_scale, temperature
-from raygr.training.batch import TrainBatch
 from raygr.training.enhancer import HardNegativeMiner
 from raygr.training.warm_start import warm_start
 from raygr.training.weighting import LossWeighter
