@@ -122,6 +122,10 @@ class ModelConfig:
     # --option embed=wordllama or vectors=FILE), one-to-one, fixed (raygr/models/content_sids.py). With
     # file and content no tokenizer is trained; the codebooks are the code embeddings the generator learns.
     sid_source: Literal["tokenizer", "file", "content"] = "tokenizer"
+    # With model.sid_source=content: weight of the collaborative block beside the text vectors, the top
+    # singular vectors of the training interactions' item-transition PPMI matrix (0 = text alone). Text
+    # alone puts items that read alike under one prefix; with this, items bought in the same contexts.
+    sid_collab_weight: float = 0.0
     # With model.sid_source=file: JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's
     # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.
     sid_file: str | None = None
@@ -204,6 +208,7 @@ class ModelConfig:
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
                "is needed with model.sid_source=file and only then (set both, or neither)")
+        _check(self.sid_collab_weight >= 0, "model.sid_collab_weight", "must be >= 0 (0 = text vectors alone)")
         _check(not self.node_embeddings or (self.sid_source != "tokenizer" and self.trie_softmax),
                "model.node_embeddings", "needs fixed SIDs (model.sid_source=file or content) and "
                "model.trie_softmax=true")

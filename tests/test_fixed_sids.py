@@ -197,3 +197,22 @@ def test_node_embeddings_beam_search_matches_reference_and_training(tmp_path, ds
 def test_node_embeddings_need_fixed_sids():
     with pytest.raises(ConfigError, match="model.node_embeddings"):
         tiny_config("model.node_embeddings=true", "model.trie_softmax=true")
+
+
+def test_transition_vectors_use_training_pairs_only_and_group_co_bought_items():
+    from raygr.models.content_sids import transition_vectors
+    g = np.random.default_rng(0)
+    # Two communities of items (1-20, 21-40): every user buys within one of them.
+    seqs = [g.choice(np.arange(1, 21) if u % 2 else np.arange(21, 41), size=8) for u in range(300)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+    items = np.concatenate(seqs)
+    v = transition_vectors(offsets, items, 40, dim=4)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sim = v @ v.T
+    same = (np.arange(40)[:, None] < 20) == (np.arange(40)[None, :] < 20)
+    assert sim[same].mean() > sim[~same].mean() + 0.5
+    # Validation and test items (each user's last two) never enter: changing them changes nothing.
+    changed = items.copy()
+    changed[offsets[1:] - 1] = 1 + (changed[offsets[1:] - 1] % 40)
+    changed[offsets[1:] - 2] = 1 + (changed[offsets[1:] - 2] + 7) % 40
+    assert np.allclose(transition_vectors(offsets, changed, 40, dim=4), transition_vectors(offsets, items, 40, dim=4))

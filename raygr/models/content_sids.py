@@ -67,13 +67,68 @@ def dedup_last_level(codes: np.ndarray, residual_dist: np.ndarray) -> np.ndarray
     return codes
 
 
-def content_sids(dense: np.ndarray | torch.Tensor, levels: int, codes: int, seed: int = 0,
-                 iters: int = 20) -> np.ndarray:
-    """Residual k-means SIDs [N, L] of item vectors ``dense`` [N, F], one-to-one (see the module doc)."""
-    x = torch.as_tensor(np.array(dense, dtype=np.float32))  # a copy: the caller's array stays as it is
+def _standardised(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(np.array(x, dtype=np.float32))  # a copy: the caller's array stays as it is
     if x.ndim != 2 or not torch.isfinite(x).all():
-        raise ValueError(f"item vectors must be a finite [N, F] array, got shape {tuple(x.shape)}")
-    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+        raise ValueError(f"{name} must be a finite [N, F] array, got shape {tuple(x.shape)}")
+    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+
+
+def transition_vectors(offsets: np.ndarray, items: np.ndarray, num_items: int, dim: int = 64,
+                       seed: int = 0) -> np.ndarray:
+    """Collaborative item vectors [N, dim] from which items follow which in the users' training parts.
+
+    Counts consecutive pairs (both directions) within each user's sequence minus its last two items
+    (validation and test never leak in), weighs them by positive PMI, and keeps the top ``dim`` singular
+    directions (scaled by the square root of their singular values). Items whose text says little
+    (attributes only) are then told apart by who buys them next to what.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64) - 1  # 0-based
+    lengths = np.diff(offsets)
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(items)) - offsets[user]
+    training = pos < lengths[user] - 2  # the last two items of a user are validation and test targets
+    keep = (user[:-1] == user[1:]) & training[1:]  # pair (t, t+1): one user, both in the training part
+    a, b = items[:-1][keep], items[1:][keep]
+    rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
+    from scipy.sparse import coo_matrix
+    m = coo_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(num_items, num_items)).tocsr()
+    m.sum_duplicates()
+    total = m.sum()
+    deg = np.asarray(m.sum(1)).ravel()
+    m = m.tocoo()
+    pmi = np.log(m.data * total / (deg[m.row] * deg[m.col]))
+    ok = pmi > 0
+    ppmi = torch.sparse_coo_tensor(np.stack([m.row[ok], m.col[ok]]), pmi[ok].astype(np.float32), check_invariants=True,
+                                   (num_items, num_items)).coalesce()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # svd_lowrank draws its random projection from the global generator
+        U, S, _ = torch.svd_lowrank(ppmi, q=min(dim, num_items - 1), niter=4)
+    return (U * S.sqrt()).numpy()
+
+
+def sid_vectors(content: np.ndarray | None, collaborative: np.ndarray | None, collab_weight: float) -> torch.Tensor:
+    """What residual k-means sees: each block standardised per dimension and scaled to the same total
+    variance (so a 256-d text block does not outvote a 64-d one by its width), the collaborative block
+    times ``collab_weight``."""
+    blocks = []
+    if content is not None:
+        x = _standardised(content, "item vectors")
+        blocks.append(x / x.shape[1] ** 0.5)
+    if collaborative is not None and collab_weight > 0:
+        c = _standardised(collaborative, "collaborative vectors")
+        blocks.append(collab_weight * c / c.shape[1] ** 0.5)
+    if not blocks:
+        raise ValueError("no item vectors to quantize: give content vectors or a collaborative weight > 0")
+    return torch.cat(blocks, 1)
+
+
+def content_sids(dense: np.ndarray | torch.Tensor, levels: int, codes: int, seed: int = 0,
+                 iters: int = 20, standardise: bool = True) -> np.ndarray:
+    """Residual k-means SIDs [N, L] of item vectors ``dense`` [N, F], one-to-one (see the module doc).
+    ``standardise=False`` takes vectors already scaled (``sid_vectors``)."""
+    x = _standardised(dense, "item vectors") if standardise else torch.as_tensor(dense, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     r = x
     out, last_dist = [], None

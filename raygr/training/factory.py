@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from raygr.config import Config, ConfigError
 from raygr.data.dataset import Dataset
 from raygr.data.sid_file import load_sids
-from raygr.models.content_sids import content_sids
+from raygr.models.content_sids import content_sids, sid_vectors, transition_vectors
 from raygr.models.encoder import token_matrix
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.sasrec import SASRec
@@ -28,11 +29,7 @@ def build_model(cfg: Config, dataset: Dataset) -> nn.Module:
     if cfg.model.sid_source == "file":
         sids = torch.from_numpy(fixed_sids(cfg, dataset))
     elif cfg.model.sid_source == "content":
-        if dataset.items.dense is None:
-            raise ConfigError(f"model.sid_source=content needs dense item vectors, and {dataset.root} has none: "
-                              "prepare it with --option embed=wordllama (item text) or --option vectors=FILE")
-        sids = torch.from_numpy(content_sids(dataset.items.dense, cfg.model.levels, cfg.model.codes,
-                                             seed=cfg.train.seed))
+        sids = torch.from_numpy(semantic_sids(cfg, dataset))
     return GenerativeRecommender(cfg.model, tokens, n, cfg.data.max_history, dense=dense, sids=sids)
 
 
@@ -46,3 +43,19 @@ def fixed_sids(cfg: Config, dataset: Dataset):
         raise ConfigError(f"model.sid_file {cfg.model.sid_file} uses code {int(codes.max())}: set model.codes "
                           f">= {int(codes.max()) + 1} (it is {cfg.model.codes})")
     return codes
+
+
+def semantic_sids(cfg: Config, dataset: Dataset) -> np.ndarray:
+    """model.sid_source=content: residual k-means over the dense item vectors, joined by the training
+    interactions' transition vectors when model.sid_collab_weight > 0."""
+    m = cfg.model
+    if dataset.items.dense is None and m.sid_collab_weight <= 0:
+        raise ConfigError(f"model.sid_source=content needs dense item vectors, and {dataset.root} has none: "
+                          "prepare it with --option embed=wordllama (item text) or --option vectors=FILE, or "
+                          "set model.sid_collab_weight > 0 to quantize interaction vectors alone")
+    collab = None
+    if m.sid_collab_weight > 0:
+        seqs = dataset.sequences
+        collab = transition_vectors(seqs.offsets, seqs.items, dataset.num_items, seed=cfg.train.seed)
+    x = sid_vectors(dataset.items.dense, collab, m.sid_collab_weight)
+    return content_sids(x, m.levels, m.codes, seed=cfg.train.seed, standardise=False)
