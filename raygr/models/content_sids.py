@@ -100,8 +100,8 @@ def transition_vectors(offsets: np.ndarray, items: np.ndarray, num_items: int, d
     m = m.tocoo()
     pmi = np.log(m.data * total / (deg[m.row] * deg[m.col]))
     ok = pmi > 0
-    ppmi = torch.sparse_coo_tensor(np.stack([m.row[ok], m.col[ok]]), pmi[ok].astype(np.float32), check_invariants=True,
-                                   (num_items, num_items)).coalesce()
+    ppmi = torch.sparse_coo_tensor(np.stack([m.row[ok], m.col[ok]]), pmi[ok].astype(np.float32),
+                                   (num_items, num_items), check_invariants=True).coalesce()
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # svd_lowrank draws its random projection from the global generator
         U, S, _ = torch.svd_lowrank(ppmi, q=min(dim, num_items - 1), niter=4)
