@@ -44,6 +44,28 @@ def test_generator_loss_alone_reaches_encoder_and_every_codebook(dataset):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.mlp.parameters())
 
 
+@pytest.mark.parametrize("term", ["generator", "ranker"])
+def test_rec_losses_reach_the_item_encoder_only_through_straight_through(dataset, term):
+    """The codebooks are the generator's output layer, so they get a gradient with or without the
+    straight-through assignment; the item encoder (what decides an item's codes) only gets one through
+    it. With straight-through off the same loss leaves the encoder without gradient: this test fails if
+    the recommendation losses stop training the tokenizer."""
+    grads = []
+    for st in (True, False):
+        cfg = tiny_config("model.preset=joint")
+        model = build_model(cfg, dataset)
+        initialise(model, cfg, log=lambda s: None)
+        model.quantizer.straight_through = st
+        model.train()
+        terms = model.losses(first_batch(dataset, cfg), step=0, negatives=torch.arange(1, 20))
+        model.zero_grad(set_to_none=True)
+        terms[term].backward()
+        g = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+        grads.append(sum(float(x.abs().sum()) for x in g if x is not None))
+        assert model.quantizer.codebooks.grad is not None  # the output layer: a gradient either way
+    assert grads[0] > 0 and grads[1] == 0
+
+
 def test_tiger_tokenizer_gets_no_gradient_from_the_generator(dataset):
     model = generator_grads(dataset, "tiger")
     assert model.quantizer.codebooks.grad is None and model.encoder.bag.weight.grad is None

@@ -52,6 +52,7 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("code_freq", torch.full((levels, codes), 1.0 / codes))  # EMA, FrqUD
         self.register_buffer("last_used", torch.zeros(levels, codes, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.straight_through = True
 
     # -- noise ------------------------------------------------------------------------------------
     def sigma(self, level: int, step: int, logits: torch.Tensor) -> torch.Tensor | float:
@@ -96,7 +97,9 @@ class ResidualQuantizer(nn.Module):
             soft = F.softmax(noisy / tau, dim=-1)
             hard = noisy.argmax(-1)  # [M]
             onehot = F.one_hot(hard, self.codes).to(soft.dtype)
-            assign = onehot - soft.detach() + soft
+            # The straight-through trick is the only path from a recommendation loss into the item encoder
+            # (the forward value is the hard code either way); off only to prove that (tests).
+            assign = onehot - soft.detach() + soft if self.straight_through else onehot
             q = assign @ C  # [M, D], forward value C[hard]
             chosen = C[hard]
             codebook_loss = codebook_loss + F.mse_loss(chosen, r.detach())
