@@ -61,6 +61,15 @@ def test_codes_no_batch_uses_are_reseeded_from_items(tmp_path):
     assert torch.cdist(q.codebooks[0, 5][None], z).min() < 5.0, "the dead code was not moved back to the items"
 
 
+def test_no_code_is_revived_after_the_exploration_horizon(tmp_path):
+    ctx, batches = steps(tmp_path, "model.codes=16", "model.dead_code_steps=3", "model.schedule.horizon_steps=2",
+                         n=7)
+    with torch.no_grad():
+        ctx.core.quantizer.codebooks[0, 5] = 100.0  # dead, as in the test above, which revives it
+    revived = [train_step(ctx, b, i + 1)["revived"] for i, b in enumerate(batches)]
+    assert revived == [0] * 7
+
+
 def test_batch_init_seeds_codes_from_items_without_kmeans(tmp_path):
     ctx, _ = steps(tmp_path, "model.codes=16", "model.init=batch", n=1)
     z = ctx.core.encoder(torch.arange(1, ctx.core.num_items + 1)).detach()

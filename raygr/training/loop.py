@@ -133,6 +133,10 @@ def maybe_revive_codes(ctx: TrainContext, step: int) -> int:
     if (every <= 0 or step % every or not isinstance(core, GenerativeRecommender) or core.tokenizer_frozen
             or core.sids_fixed):
         return 0
+    if step > ctx.cfg.model.schedule.horizon_steps:
+        # After exploration the codes are the generator's targets: a revived code would move every item
+        # under it to another SID for no reason the recommendation loss gave.
+        return 0
     q = core.quantizer
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(q.last_used, op=dist.ReduceOp.MAX)
