@@ -61,7 +61,8 @@ def dedup_last_level(codes: np.ndarray, residual_dist: np.ndarray) -> np.ndarray
             free = [c for c in np.argsort(residual_dist[i], kind="stable") if int(c) not in used]
             if not free:
                 raise ValueError(f"{len(used) + 1} items share the SID prefix {prefix[i]}, more than the "
-                                 f"{K} codes of the last level: raise model.codes or model.levels")
+                                 f"{K} codes of the last level: raise model.codes or model.levels, or set "
+                                 "model.sid_collab_weight > 0 so that what users do tells those items apart")
             codes[i, -1] = free[0]
             used.add(int(free[0]))
     return codes
