@@ -33,9 +33,31 @@ def write_letter_sids(path: Path) -> None:
     path.write_text(json.dumps({str(int(k) + 1): v for k, v in raw.items()}))
 
 
+def merge_into_beauty() -> None:
+    """Copy every Beauty row of generator.json into beauty.json's runs (the table docs/results.md reads),
+    in its schema: preset, test, retrieval_only, codebook, candidates_per_user, train."""
+    rows = json.loads((RESULTS / "generator.json").read_text())
+    path = RESULTS / "beauty.json"
+    beauty = json.loads(path.read_text())
+    for name, r in rows.items():
+        if "beauty" not in Path(r["data"]).name:
+            continue
+        best = max(r["valid"], key=lambda v: v["ndcg@10"])
+        beauty["runs"][name] = {
+            "preset": next((o.split("=")[1] for o in r["overrides"] if o.startswith("model.preset=")),
+                           "tiger" if "tiger" in r["config"] else "joint"),
+            "dataset": Path(r["data"]).name, "config": r["config"], "overrides": r["overrides"],
+            "test": r["test"], "retrieval_only": r["retrieval_only"], "valid_best": best,
+            "codebook": r["codebook"], "candidates_per_user": r["candidates_per_user"],
+            "train": {"wall_s": r["wall_s"], "epochs": r["epochs_run"], "best_epoch": r["best_epoch"],
+                      "threads": r["threads"], "path": "Ray-free (benchmarks/bench_generator.py)"}}
+    path.write_text(json.dumps(beauty, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", required=True)
+    ap.add_argument("--merge", action="store_true", help="only copy generator.json's Beauty rows into beauty.json")
+    ap.add_argument("--variant")
     ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "beauty_tiger.yaml"))
     ap.add_argument("--data", default="", help="a prepared dataset (default: Beauty prepared from ../shared)")
     ap.add_argument("--epochs", type=int, default=20)
@@ -44,6 +66,11 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "raygr-bench"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.merge:
+        merge_into_beauty()
+        return
+    if not args.variant:
+        ap.error("--variant is required")
     if args.letter_sids:
         write_letter_sids(Path(args.letter_sids))
     data = args.data or str(prepared("beauty", "s3rec", SHARED_DATA / "amazon-beauty", Path(args.cache)))
