@@ -85,7 +85,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model, state, test = train_local(cfg, data, log=lambda s: print(f"[{args.variant}] {s}", flush=True))
     row = {
-        "variant": args.variant, "config": str(Path(args.config).relative_to(ROOT)), "overrides": sets,
+        "variant": args.variant, "config": str(Path(args.config).resolve().relative_to(ROOT)), "overrides": sets,
         "data": data, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "valid": [{"epoch": h["epoch"], "ndcg@10": h["valid"]["ndcg@10"],
                    "retrieval_ndcg@10": h["valid"]["retrieval_only"]["ndcg@10"],
