@@ -47,6 +47,8 @@ def main() -> None:
     if not source.is_dir():
         raise SystemExit(f"{source} is not there: this benchmark needs the shared Amazon Beauty data")
     data = prepared("beauty", "s3rec", source, Path(args.runs).parent)
+    # Configs whose SIDs quantize item text read the same data with its WordLlama vectors (README step 1).
+    text_data = prepared("beauty-wl", "s3rec", source, Path(args.runs).parent, {"embed": "wordllama"})
 
     from raygr.distributed.session import ray_session
     from raygr.distributed.train import run_training
@@ -57,7 +59,8 @@ def main() -> None:
             cfg = preset_config(config, args.epochs, args.workers, args.set, Path(args.runs))
             t0 = time.perf_counter()
             name = f"{config}-{args.label}" if args.label else config
-            metrics = run_training(cfg, data, Path(args.runs) / f"beauty-{name}", log=lambda m: print(m, flush=True))
+            on = text_data if cfg.model.sid_source == "content" else data
+            metrics = run_training(cfg, on, Path(args.runs) / f"beauty-{name}", log=lambda m: print(m, flush=True))
             metrics["bench_wall_s"] = time.perf_counter() - t0
             metrics["bench"] = {"epochs": cfg.train.epochs, "workers": args.workers, "overrides": args.set}
             rows[name] = metrics

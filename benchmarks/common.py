@@ -34,10 +34,10 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def prepared(name: str, fmt: str, source: Path, cache: Path) -> Path:
+def prepared(name: str, fmt: str, source: Path, cache: Path, options: dict[str, str] | None = None) -> Path:
     """Prepare a dataset from ../shared/data once into ``cache`` (outside the repository)."""
     from raygr.data.prepare import prepare
     out = cache / name
     if not (out / "manifest.json").is_file():
-        prepare(fmt, source, out)
+        prepare(fmt, source, out, options=options or {})
     return out
