@@ -27,7 +27,12 @@ def test_shapes_differ_where_intended():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(100, 10, 100) == pytest.approx(0.05)
     # lr_floor=1: constant after the warm-up (the SASRec reference setting of BENCHMARKS.md)
     assert all(lr_factor(s, 10, 100, floor=1.0) == 1.0 for s in range(10, 200))
-    assert temperature(cfg, 3) == temperature(cfg, 3)  # pure: no hidden state
+    # Pure functions of the step: asked in any order (a resume starts mid-run) they give the same values.
+    steps = list(range(0, 15))
+    in_order = [(temperature(cfg, s), noise_scale(cfg, s)) for s in steps]
+    shuffled = steps[::-1][::2] + steps[::-1][1::2]
+    assert {s: (temperature(cfg, s), noise_scale(cfg, s)) for s in shuffled} == dict(zip(steps, in_order))
+    assert in_order[0] != in_order[10] and in_order[10] == in_order[14]  # they do decay, then stay
 
 
 def test_a_held_rate_steps_down_onto_the_whole_runs_cosine():
