@@ -90,7 +90,8 @@ def main() -> None:
         "valid": [{"epoch": h["epoch"], "ndcg@10": h["valid"]["ndcg@10"],
                    "retrieval_ndcg@10": h["valid"]["retrieval_only"]["ndcg@10"],
                    "train_loss": h["train"].get("loss"), "train_s": h["train_s"],
-                   "codebook": {k: h["codebook"].get(k) for k in ("collision_rate", "utilization")}}
+                   "teacher_forced_accuracy": h["valid"].get("teacher_forced_accuracy"),
+                   "codebook": {k: h["codebook"].get(k) for k in ("collision_rate", "utilization", "sid_changed")}}
                   for h in state.history],
         "test": {k: test[k] for k in KEYS},
         "retrieval_only": {k: test["retrieval_only"][k] for k in KEYS},
