@@ -232,13 +232,17 @@ def _context(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, device: 
 
 
 def gather_ranks(local: dict[str, np.ndarray], world: int) -> dict[str, np.ndarray]:
-    """All workers' evaluation ranks: ranks concatenated, decoding error counts summed."""
+    """All workers' evaluation ranks: per-user arrays concatenated, counts (decoding errors, teacher-forced
+    hits per level) summed."""
     if world == 1 or not dist.is_initialized():
         return local
     parts: list[dict[str, np.ndarray]] = [{} for _ in range(world)]
     dist.all_gather_object(parts, local)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in local if k != "decoding"}
-    out["decoding"] = np.sum([p["decoding"] for p in parts], axis=0)
+    counts = ("decoding", "teacher_forced")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in local if k not in counts}
+    for k in counts:
+        if k in local:
+            out[k] = np.sum([p[k] for p in parts], axis=0)
     return out
 
 

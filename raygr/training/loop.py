@@ -258,7 +258,7 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
     out = {"main": np.concatenate(main), "retrieval_only": np.concatenate(retrieval), "decoding": bad,
            "ranked": np.concatenate(ranked)}
     if isinstance(model, GenerativeRecommender):
-        out["teacher_forced"] = np.asarray(tf_hits, dtype=np.float64) / max(len(examples), 1)
+        out["teacher_forced"] = np.asarray(tf_hits, dtype=np.float64)  # hits per level: workers' sum
     return out
 
 
@@ -271,7 +271,8 @@ def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
     # Items the ranker scored per user (0 without a ranker): what a retrieve-then-rank figure cost.
     out["candidates_per_user"] = float(ranks["ranked"].mean()) if len(ranks["ranked"]) else 0.0
     if "teacher_forced" in ranks:  # per level (last = suffix): top code right given the true prefix
-        out["teacher_forced_accuracy"] = [round(float(a), 4) for a in ranks["teacher_forced"]]
+        n = max(len(ranks["main"]), 1)
+        out["teacher_forced_accuracy"] = [round(float(a) / n, 4) for a in ranks["teacher_forced"]]
     return out
 
 
