@@ -26,13 +26,12 @@ has such ids). ``prepare`` records where the column came from in the manifest's 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raygr.data.dataset import DatasetError, ItemTable
+from raygr.data.dataset import DatasetError, ItemTable, sha256_file
 
 EMBEDDERS = ("wordllama",)
 WORDLLAMA_CONFIG = "l2_supercat"  # the only model the wheel bundles
@@ -208,14 +207,6 @@ def _read_numpy(path: Path, dataset_ids: list[str]) -> tuple[list[str], np.ndarr
     return list(dataset_ids), _finite(data, dataset_ids, f"vectors file {path}"), "npy-item-order"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sample(xs: list[str], k: int = 5) -> str:
     return ", ".join(repr(x) for x in xs[:k]) + (", ..." if len(xs) > k else "")
 
@@ -251,7 +242,7 @@ def load_vectors(path: str | Path, item_ids: list[str], unknown: str = "error"
                            f"({_sample(extra)}): not in the input, or items without interactions, which "
                            "prepare drops; remove them or pass --option vectors_unknown=ignore")
     dense = vectors[[row_of[i] for i in item_ids]]
-    return dense, {"origin": "file", "path": str(p.resolve()), "sha256": _sha256(p), "layout": layout,
+    return dense, {"origin": "file", "path": str(p.resolve()), "sha256": sha256_file(p), "layout": layout,
                    "dim": int(dense.shape[1]), "unknown_ids_ignored": len(extra), "normalized": "none"}
 
 
