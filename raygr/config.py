@@ -146,6 +146,11 @@ class ModelConfig:
     # and the generator read the same user state; at 1 the generator's gradient dominates the shared
     # encoder and the ranker learns far more slowly than the same ranker alone (docs/results.md).
     generator_encoder_grad: float = 1.0
+    # false: the generator reads the history through a sequence encoder of its own (same size), the ranker
+    # through model.num_layers' shared one; they share the history's input vectors. On Beauty and
+    # Scientific the generator sharing the ranker's encoder retrieved less than the same generator alone
+    # (docs/results.md, session 13).
+    shared_encoder: bool = True
     # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
     # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
     generator_mlp: bool = False

@@ -52,6 +52,11 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
                 self.history_id.weight[0].zero_()
         self.seq = SequenceEncoder(D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history,
                                    cfg.input_norm)
+        # model.shared_encoder=false: the generator reads the history through a sequence encoder of its own,
+        # so neither stage's gradient bends the other's user state; they still share the history's input
+        # vectors (code embeddings, item-ID table), and the ranker teaches the generator by distillation.
+        self.gen_seq = None if cfg.shared_encoder else SequenceEncoder(
+            D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history, cfg.input_norm)
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp, cfg.generator_layers,
                                        cfg.num_heads, cfg.generator_dropout)
         self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual)
@@ -236,20 +241,37 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
             self.refresh()
 
     def user_states(self, history: torch.Tensor) -> torch.Tensor:
-        """history: [B, T] left-padded -> state after the newest item [B, D]."""
-        return self.history_states(history)[:, -1]
+        """history: [B, T] left-padded -> the ranker's state after the newest item [B, D]."""
+        return self.split_states(self.history_states(history))[0][:, -1]
 
     def history_states(self, history: torch.Tensor) -> torch.Tensor:
-        """history: [B, T] left-padded -> the sequence encoder's state at every position [B, T, D]."""
+        """history: [B, T] left-padded -> the sequence encoder's state at every position [B, T, D]; with a
+        generator encoder of its own (model.shared_encoder=false) [B, T, 2D], the ranker's then the generator's."""
         self._ready()
-        return self.seq(self._item_inputs[history], history == 0)
+        x, pad = self._item_inputs[history], history == 0
+        H = self.seq(x, pad)
+        return H if self.gen_seq is None else torch.cat([H, self.gen_seq(x, pad)], -1)
+
+    def split_states(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``history_states`` [..., D or 2D] -> (the ranker's, the generator's) [..., D] each."""
+        if self.gen_seq is None:
+            return states, states
+        D = self.cfg.dim
+        return states[..., :D], states[..., D:]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """What both the generator and the ranker loss reach, for the adaptive loss weighter: the shared
+        encoder's last block, or with encoders of their own the history's input projection."""
+        if self.gen_seq is None:
+            return self.seq.shared_parameters()
+        return list(self.item_in.parameters())
 
     # Retrieval and ranking take ``states``, the history's ``history_states`` [B, T, D], so a caller that
     # runs both stages on one batch (recommend, evaluation) encodes the history once.
     def step_decoder(self, history: torch.Tensor,
                      states: torch.Tensor | None = None) -> tuple[StepDecoder, torch.Tensor]:
         """What beam search runs for these users: the decoder and its start states [B, ...]."""
-        H = self.history_states(history) if states is None else states  # [B, T, D]
+        H = self.split_states(self.history_states(history) if states is None else states)[1]  # [B, T, D]
         dec = self.generator.decoder
         if dec is None:
             return self, H[:, -1]

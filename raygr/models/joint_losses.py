@@ -100,6 +100,7 @@ class JointLosses:
         x[has_in] = x_items[in_rows]
         H = self.seq(x, ~has_in)  # [B, T, D]
         h = H[has_tgt]  # [P, D] states that have a next item
+        Hg = H if self.gen_seq is None else self.gen_seq(x, ~has_in)  # [B, T, D] what the generator reads
 
         terms: dict[str, torch.Tensor] = {}
         teacher: list[torch.Tensor] | None = None
@@ -132,8 +133,8 @@ class JointLosses:
         # Generator: level by level, soft (straight-through) targets, teacher-forced code vectors.
         g = cfg.generator_encoder_grad
         if g != 1:  # forward value unchanged, gradient scaled
-            H = H.detach() + g * (H - H.detach())
-        states = self.teacher_forced_states(H, has_in, has_tgt, qo.code_vecs[tgt_rows])
+            Hg = Hg.detach() + g * (Hg - Hg.detach())
+        states = self.teacher_forced_states(Hg, has_in, has_tgt, qo.code_vecs[tgt_rows])
         alpha = cfg.generator_distill if teacher is not None else 0.0
         children = self.trie_children(qo.codes[tgt_rows]) if cfg.trie_softmax and self.trie is not None else None
         valid = [c >= 0 for c in children] if children is not None else None
@@ -168,7 +169,7 @@ class JointLosses:
         """Per SID level (and the suffix), how many of the targets [B] the generator's top code gets right
         when fed the target's true prefix [L+1]: where a level's errors come from, beam search aside."""
         self._ready()
-        H = self.history_states(history) if states is None else states  # [B, T, D]
+        H = self.split_states(self.history_states(history) if states is None else states)[1]  # [B, T, D]
         has_in = history != 0
         has_tgt = torch.zeros_like(has_in)
         has_tgt[:, -1] = True

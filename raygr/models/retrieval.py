@@ -27,7 +27,7 @@ class Retrieval:
     def rank(self, history: torch.Tensor, candidates: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker scores [B, C] for candidate items [B, C] (0 = empty slot, scored -inf)."""
         self._ready()
-        h = self.user_states(history) if states is None else states[:, -1]  # [B, D]
+        h = self.user_states(history) if states is None else self.split_states(states)[0][:, -1]  # [B, D]
         u = self.ranker.user_state(h)  # [B, D]
         scores = (self._rank_vecs[candidates] * u[:, None]).sum(-1)
         return scores.masked_fill(candidates == 0, float("-inf"))

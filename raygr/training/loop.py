@@ -78,7 +78,7 @@ class TrainContext:
             core.quantizer.schedule = cfg.model.schedule
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        shared = core.seq.shared_parameters()
+        shared = getattr(core, "shared_parameters", core.seq.shared_parameters)()
         m = cfg.model
         miner = HardNegativeMiner(core.num_items, m.num_negatives, m.hard_negatives, m.enhancer_every)
         return cls(model, core, cfg, opt, LossWeighter(m, shared), miner,

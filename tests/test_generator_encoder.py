@@ -1,0 +1,108 @@
+"""model.shared_encoder=false: the generator reads the history through a sequence encoder of its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from raygr.data.windows import iterate_windows, make_train_windows_csr
+from raygr.models.batch import TrainBatch
+from raygr.models.decoding import beam_search
+from raygr.training.factory import build_model
+from raygr.training.loop import TrainContext, initialise, train_step
+from tests.helpers import quiet, tiny_config, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("genenc")
+    ds = tiny_dataset(root, num_users=300, num_items=60)
+    codes = np.random.default_rng(3).integers(0, 8, (ds.num_items, 3))
+    path = root / "sids.json"
+    path.write_text(json.dumps({k: [int(c) for c in row] for k, row in zip(ds.items.item_id, codes)}))
+    base = ["model.sid_source=file", f"model.sid_file={path}", "model.codes=8", "model.trie_softmax=true",
+            "model.history_item_id=true", "model.generator_layers=1", "model.weighting=fixed",
+            "model.generator_distill=0.3"]
+    return ds, base
+
+
+def model_for(setup, *sets):
+    ds, base = setup
+    cfg = tiny_config(*base, *sets)
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=quiet)
+    return cfg, model
+
+
+def batch_of(ds, cfg):
+    w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    return TrainBatch.from_mapping(next(iter(iterate_windows(w, 64, 0, 0))))
+
+
+def grads(model, loss) -> dict[str, bool]:
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    touched = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())  # noqa: E731
+    return {"seq": touched(model.seq), "gen_seq": model.gen_seq is not None and touched(model.gen_seq),
+            "item_in": touched(model.item_in)}
+
+
+def test_each_loss_trains_its_own_encoder_and_both_the_inputs(setup):
+    cfg, model = model_for(setup, "model.shared_encoder=false")
+    terms = model.losses(batch_of(setup[0], cfg), 0, torch.arange(1, model.num_items + 1))
+    gen, rank = grads(model, terms["generator"]), grads(model, terms["ranker"])
+    assert gen == {"seq": False, "gen_seq": True, "item_in": True}
+    assert rank == {"seq": True, "gen_seq": False, "item_in": True}
+    # The weighter balances on what both reach: the input projection, not one stage's encoder.
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared == {id(p) for p in model.item_in.parameters()}
+    # Shared (the default): the generator's gradient reaches the one encoder.
+    cfg, shared_model = model_for(setup)
+    terms = shared_model.losses(batch_of(setup[0], cfg), 0, torch.arange(1, shared_model.num_items + 1))
+    assert grads(shared_model, terms["generator"])["seq"]
+
+
+def test_each_stage_reads_its_own_states(setup):
+    _, model = model_for(setup, "model.shared_encoder=false")
+    model.eval()
+    model.refresh()
+    history = torch.randint(1, model.num_items + 1, (5, 7))
+    H = model.history_states(history)
+    assert H.shape == (5, 7, 2 * model.cfg.dim)
+    ranker_h, gen_h = model.split_states(H)
+    assert torch.allclose(ranker_h, model.seq(model._item_inputs[history], history == 0), atol=1e-6)
+    assert torch.allclose(gen_h, model.gen_seq(model._item_inputs[history], history == 0), atol=1e-6)
+    # Retrieval depends on the generator's encoder only, ranking on the ranker's only.
+    items, _ = model.retrieve(history, k=10, beam=10, states=H)
+    cands = items.clamp(min=0)
+    scores = model.rank(history, cands, states=H)
+    with torch.no_grad():
+        for p in model.seq.parameters():
+            p.add_(torch.randn_like(p))
+    H2 = model.history_states(history)
+    assert torch.equal(model.retrieve(history, k=10, beam=10, states=H2)[0], items)
+    assert not torch.allclose(model.rank(history, cands, states=H2), scores)
+    assert torch.allclose(model.rank(history, cands), model.rank(history, cands, states=H2), atol=1e-5)
+    with torch.no_grad():
+        for p in model.gen_seq.parameters():
+            p.add_(torch.randn_like(p))
+    dec, s0 = model.step_decoder(history)
+    moved, _ = beam_search(dec, s0, model.trie, beam=10, k=10, renormalize=True)
+    assert not torch.equal(moved, items)
+    top, _ = model.recommend(history, k=5, num_candidates=10)
+    assert top.shape == (5, 5)
+
+
+def test_training_with_encoders_of_their_own_lowers_both_losses(setup):
+    ds, _ = setup
+    cfg, model = model_for(setup, "model.shared_encoder=false", "train.lr=0.005")
+    w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    ctx = TrainContext.create(model, cfg, 20)
+    out = [train_step(ctx, TrainBatch.from_mapping(b), step)
+           for step, b in enumerate(b for e in range(4) for b in iterate_windows(w, 64, 0, e))]
+    for term in ("generator", "ranker"):
+        values = [o[term] for o in out]
+        assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.1, term
