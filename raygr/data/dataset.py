@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PAD = 0
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -76,12 +78,27 @@ class SequenceData:
         return self.items[self.offsets[u]:self.offsets[u + 1]]
 
 
-@dataclass
 class Dataset:
-    root: Path
-    manifest: dict[str, Any]
-    items: ItemTable
-    sequences: SequenceData
+    """A prepared dataset: manifest and item table in memory; the sequences read on first use.
+
+    ``load_catalogue`` gives one whose sequences stay on disk until something asks for them (a Ray Train
+    worker needs only the catalogue-sized item table; its training windows come from its Ray Data shard).
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], items: ItemTable,
+                 sequences: SequenceData | None = None):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.items = items
+        self._sequences = sequences
+
+    @property
+    def sequences(self) -> SequenceData:
+        if self._sequences is None:
+            log.warning("reading all %s interactions of %s into memory", f"{self.manifest['num_interactions']:,}",
+                        self.root)
+            self._sequences = load_checked_sequences(self.root, self.manifest)
+        return self._sequences
 
     @property
     def num_items(self) -> int:
@@ -208,6 +225,7 @@ def write_dataset(out_dir: str | Path, items: ItemTable, seqs: SequenceData, *, 
             "num_items": int(len(items)),
             "num_interactions": int(len(seqs.items)),
             "num_shards": num_shards,
+            **sequence_counts(seqs.lengths()),
             "has_dense": items.dense is not None,
             "source": source,
         })
@@ -426,12 +444,8 @@ def load_sequences(root: Path, manifest: dict[str, Any]) -> SequenceData:
     return SequenceData(user_id=users, offsets=offsets - offsets[0], items=items, timestamps=timestamps)
 
 
-def load_dataset(root: str | Path, verify: bool = False) -> Dataset:
-    root = Path(root).resolve()
-    manifest = read_manifest(root)
-    check_files(root, manifest)
-    if verify:
-        verify_checksums(root, manifest)
+def load_checked_sequences(root: Path, manifest: dict[str, Any]) -> SequenceData:
+    """``load_sequences`` plus the checks that the shards hold what the manifest says."""
     seqs = load_sequences(root, manifest)
     if seqs.num_users != manifest["num_users"]:
         raise damaged(root, manifest, f"{root / MANIFEST} says {manifest['num_users']} users, the shards hold "
@@ -439,8 +453,70 @@ def load_dataset(root: str | Path, verify: bool = False) -> Dataset:
     if len(seqs.items) != manifest["num_interactions"]:
         raise damaged(root, manifest, f"{root / MANIFEST} says {manifest['num_interactions']} interactions, the "
                                       f"shards hold {len(seqs.items)}")
-    items = load_items(root, manifest)
-    if len(seqs.items) and (seqs.items.min() < 1 or seqs.items.max() > len(items)):
+    if len(seqs.items) and (seqs.items.min() < 1 or seqs.items.max() > manifest["num_items"]):
         raise damaged(root, manifest, f"a sequence shard in {root / 'sequences'} refers to an item outside "
-                                      f"1..{len(items)} (the item table)")
-    return Dataset(root=root, manifest=manifest, items=items, sequences=seqs)
+                                      f"1..{manifest['num_items']} (the item table)")
+    return seqs
+
+
+def load_catalogue(root: str | Path, verify: bool = False) -> Dataset:
+    """Manifest and item table (catalogue-sized); the sequences stay on disk until ``.sequences`` is used."""
+    root = Path(root).resolve()
+    manifest = read_manifest(root)
+    check_files(root, manifest)
+    if verify:
+        verify_checksums(root, manifest)
+    return Dataset(root=root, manifest=manifest, items=load_items(root, manifest))
+
+
+def load_dataset(root: str | Path, verify: bool = False) -> Dataset:
+    """The whole dataset in memory (sequences included)."""
+    ds = load_catalogue(root, verify)
+    ds._sequences = load_checked_sequences(ds.root, ds.manifest)
+    return ds
+
+
+# -- per-split counts in the manifest ---------------------------------------------------------------
+
+LENGTHS_KEY = "sequence_lengths"  # {"length": users}: every per-split count follows from it
+
+
+def sequence_counts(lengths: np.ndarray) -> dict[str, Any]:
+    """Manifest fields written at prepare time: the histogram of sequence lengths and the split sizes.
+
+    Training windows depend on ``data.max_history``, so the manifest keeps the histogram they are
+    counted from (``raygr.data.windows.count_train_windows``); it has one entry per distinct length.
+    """
+    values, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    hist = {int(v): int(c) for v, c in zip(values, counts)}
+    return {LENGTHS_KEY: {str(k): v for k, v in hist.items()}, "splits": split_counts(hist)}
+
+
+def split_counts(hist: dict[int, int]) -> dict[str, dict[str, int]]:
+    """Leave-one-out split sizes from a length histogram (``raygr.data.split``): the last item of a user is
+    the test target, the second-last the validation target, every earlier position but the first a
+    training target."""
+    n = np.array(sorted(hist), dtype=np.int64)
+    u = np.array([hist[int(k)] for k in n], dtype=np.int64)
+    return {
+        "train": {"users": int(u[n >= 4].sum()), "interactions": int((np.maximum(n - 2, 0) * u).sum()),
+                  "targets": int((np.maximum(n - 3, 0) * u).sum())},
+        "valid": {"users": int(u[n >= 3].sum())},
+        "test": {"users": int(u[n >= 2].sum())},
+    }
+
+
+def length_histogram(root: str | Path, manifest: dict[str, Any]) -> dict[int, int]:
+    """Users per sequence length: from the manifest, or (a dataset prepared before raygr stored it)
+    counted from the shards, one shard at a time, with a log line saying so."""
+    stored = manifest.get(LENGTHS_KEY)
+    if isinstance(stored, dict) and stored:
+        return {int(k): int(v) for k, v in stored.items()}
+    root = Path(root)
+    log.warning("%s predates the per-split counts in the manifest: counting sequence lengths from its %d "
+                "shards (prepare the dataset again to store them)", root / MANIFEST,
+                len(sequence_shard_paths(root, manifest)))
+    from raygr.data.streaming import user_lengths
+
+    values, counts = np.unique(user_lengths(root, manifest), return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}

@@ -9,7 +9,7 @@ Data ``map_batches`` and in the Ray-free loop alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +38,13 @@ def make_train_windows_csr(offsets: np.ndarray, items: np.ndarray, max_history: 
     target = np.where(valid, items[np.clip(base + tpos, 0, len(items) - 1)], 0)
     inp = np.where(valid, items[np.clip(base + tpos - 1, 0, len(items) - 1)], 0)
     return {"input": inp.astype(np.int64), "target": target.astype(np.int64)}
+
+
+def count_train_windows(length_histogram: Mapping[int, int], max_history: int) -> int:
+    """How many rows ``make_train_windows_csr`` gives, from ``{sequence length: users}`` alone (the manifest's
+    ``sequence_lengths``): no window is built."""
+    T = max_history
+    return int(sum(users * ((max(int(n) - 3, 0) + T - 1) // T) for n, users in length_histogram.items()))
 
 
 def make_train_windows(sequences: Sequence[np.ndarray], max_history: int) -> dict[str, np.ndarray]:

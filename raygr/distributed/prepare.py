@@ -44,6 +44,7 @@ from raygr.data.dataset import (
     check_target,  # the same target checks and atomic swap as write_dataset
     finish_manifest,
     items_to_arrow,
+    sequence_counts,
     sequences_to_arrow,
     swap_into_place,
 )
@@ -158,8 +159,9 @@ def _spill(remapped: ray.data.Dataset, spill_dir: Path, num_shards: int) -> int:
 
 
 @ray.remote
-def _sort_shard(spill: str, out: str, shard: int, num_shards: int, num_users: int) -> int:
-    """Step 3: sort one shard's rows by (user, time), drop duplicates, write it; returns the duplicates."""
+def _sort_shard(spill: str, out: str, shard: int, num_shards: int, num_users: int) -> tuple[int, np.ndarray]:
+    """Step 3: sort one shard's rows by (user, time), drop duplicates, write it; returns the duplicates and
+    the shard's sequence lengths (for the manifest's per-split counts)."""
     t = pq.read_table(spill)
     u, i = t["u"].to_numpy().astype(np.int64), t["i"].to_numpy().astype(np.int64)
     key = t["key"].to_numpy() if "key" in t.column_names else None
@@ -167,8 +169,9 @@ def _sort_shard(spill: str, out: str, shard: int, num_shards: int, num_users: in
     stored = t["ts"].to_numpy()[order] if key is not None else None
     offsets, seq_items, ts = csr_from_sorted(u[order], i[order], stored, num_users)
     seqs = SequenceData(user_id=[], offsets=offsets, items=seq_items, timestamps=ts)
-    pq.write_table(sequences_to_arrow(seqs, np.arange(shard, num_users, num_shards)), out)
-    return dups
+    users = np.arange(shard, num_users, num_shards)
+    pq.write_table(sequences_to_arrow(seqs, users), out)
+    return dups, (offsets[users + 1] - offsets[users]).astype(np.int32)
 
 
 def _scan(ds: ray.data.Dataset, spec: TableSpec, inline: list[str]) -> pa.Table:
@@ -237,15 +240,18 @@ def _write(out: Path, remapped: ray.data.Dataset, users: IdMap, table: ItemTable
         shards = [(str(spill / f"{s:05d}.parquet"), str(tmp / "sequences" / f"part-{s:05d}.parquet"))
                   for s in range(num_shards)]
         with _phase("sort shards"):
-            dups = int(sum(ray.get([_sort_shard.remote(a, b, s, num_shards, len(users))
-                                    for s, (a, b) in enumerate(shards)])))
+            sorted_shards = ray.get([_sort_shard.remote(a, b, s, num_shards, len(users))
+                                     for s, (a, b) in enumerate(shards)])
+        dups = int(sum(d for d, _ in sorted_shards))
+        lengths = np.concatenate([n for _, n in sorted_shards])
         pq.write_table(items_to_arrow(table), tmp / "items.parquet")
         # Exactly as write_dataset writes users.parquet, so both paths give the same checksums.
         pq.write_table(pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)),
                                  "user_id": pa.array(users.ids(), pa.string())}), tmp / "users.parquet")
         manifest = finish_manifest(tmp, {
             "name": name or out.name, "num_users": len(users), "num_items": len(table),
-            "num_interactions": rows - dups, "num_shards": num_shards, "has_dense": False,
+            "num_interactions": rows - dups, "num_shards": num_shards, **sequence_counts(lengths),
+            "has_dense": False,
             "source": {**source, "rows": rows, "duplicates_dropped": dups}})
         swap_into_place(tmp, out, manifest, overwrite)
         return manifest
