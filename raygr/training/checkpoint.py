@@ -32,6 +32,7 @@ import platform
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +136,8 @@ def save_checkpoint(directory: str | Path, ctx: TrainContext, state: TrainState,
         "run": extra or {},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # Size and sha256 of each weights file: a truncated or altered copy is noticed before loading.
+        "files": {name: file_record(out / name) for name in (MODEL_FILE, TRAINER_FILE)},
     }
     # meta.json last: a directory with meta.json holds a complete checkpoint.
     write_json_atomic(out / META_FILE, meta)
@@ -362,3 +365,73 @@ def prepare_run_dir(path: str | Path) -> Path:
 def latest_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:
     p = Path(run_dir) / CHECKPOINTS / LATEST
     return read_checkpoint(p) if (p / META_FILE).is_file() else None
+
+
+# -- damaged checkpoints ----------------------------------------------------------------------------
+
+def file_record(path: Path) -> dict[str, Any]:
+    from raygr.data.dataset import sha256_file
+
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def checkpoint_damage(path: str | Path) -> str | None:
+    """What makes checkpoint directory ``path`` unusable, naming the file; None when it is whole.
+
+    Checks meta.json, then each weights file against the size and sha256 meta.json recorded; a checkpoint
+    written before those were recorded has its weights files checked as zip archives (torch.save's format,
+    CRC of every member), which catches a truncated copy too.
+    """
+    p = Path(path)
+    try:
+        info = read_checkpoint(p) if (p / META_FILE).is_file() else None
+    except (CheckpointError, OSError, UnicodeDecodeError) as e:
+        return str(e)
+    if info is None:
+        return f"{p / META_FILE} is missing (the checkpoint was not written completely)"
+    recorded = info.meta.get("files") or {}
+    for name in (MODEL_FILE, TRAINER_FILE):
+        f = p / name
+        if not f.is_file():
+            return f"{f} is missing"
+        want = recorded.get(name)
+        if want:
+            size = f.stat().st_size
+            if size != want["size"]:
+                return f"{f} has {size:,} bytes, {p / META_FILE} recorded {want['size']:,} (truncated or replaced)"
+            if file_record(f)["sha256"] != want["sha256"]:
+                return f"{f} does not match its sha256 in {p / META_FILE} (the file changed)"
+            continue
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"{f} is not a complete torch file ({e})"
+        if bad is not None:
+            return f"{f} is corrupted (member {bad} fails its CRC check)"
+    return None
+
+
+def resumable_checkpoint(candidates: list[Path], log: Callable[[str], None] = print) -> CheckpointInfo | None:
+    """The first whole checkpoint among ``candidates`` (newest first), saying which damaged ones it skipped.
+
+    Returns None only when none of them exists (a new run). When some exist and every one is damaged it
+    raises ``CheckpointError`` naming each damaged file: a run never restarts from scratch silently.
+    """
+    damaged: list[str] = []
+    for c in candidates:
+        c = Path(c)
+        if not c.is_dir():
+            continue
+        problem = checkpoint_damage(c)
+        if problem is None:
+            info = read_checkpoint(c)
+            if damaged:
+                log(f"resuming from {c} (epoch {info.epoch}), the newest checkpoint that is whole")
+            return info
+        damaged.append(problem)
+        log(f"checkpoint {c} is damaged: {problem}; looking for an older one")
+    if damaged:
+        raise CheckpointError("no whole checkpoint to resume from: " + "; ".join(damaged) + ". Restore the "
+                              "file(s), or train into a new output directory to start from scratch")
+    return None
