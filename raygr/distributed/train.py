@@ -42,8 +42,16 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
-from raygr.data.dataset import check_files, load_dataset, read_manifest, verify_checksums
-from raygr.data.windows import make_train_windows_csr
+from raygr.data.dataset import (
+    check_files,
+    length_histogram,
+    load_catalogue,
+    load_dataset,
+    read_manifest,
+    verify_checksums,
+)
+from raygr.data.streaming import EvalSource, eval_selection, user_lengths
+from raygr.data.windows import count_train_windows
 from raygr.distributed.pipeline import iter_train_batches, training_dataset
 from raygr.distributed.session import quiet_env
 from raygr.metrics import DEFAULT_KS
@@ -52,18 +60,20 @@ from raygr.training.checkpoint import (
     BEST,
     CHECKPOINTS,
     LATEST,
+    CheckpointError,
     DatasetIdentity,
     check_compatible,
+    checkpoint_damage,
     latest_checkpoint,
     load_model_state,
     load_trainer_state,
     prepare_run_dir,
     publish,
     read_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
 )
 from raygr.training.factory import build_model
-from raygr.training.local import eval_split
 from raygr.training.loop import (
     TARGET_METRIC,
     TrainContext,
@@ -131,10 +141,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
 
-    dataset = load_dataset(job["dataset_dir"])
+    # The item table only (catalogue-sized): this worker's training windows are its Ray Data shard, its
+    # validation users are read a chunk at a time, and the window count comes from the manifest.
+    dataset = load_catalogue(job["dataset_dir"])
     identity = DatasetIdentity.from_manifest(dataset.manifest)
-    n_windows = len(make_train_windows_csr(dataset.sequences.offsets, dataset.sequences.items,
-                                           cfg.data.max_history)["input"])
+    n_windows = int(job["train_windows"])
     # train.batch_size is the global batch (as in train_local), so a run means the same on 1 or N workers.
     batch_size = math.ceil(cfg.train.batch_size / world)
     steps_per_epoch = max(1, math.ceil((n_windows // world) / batch_size))
@@ -157,12 +168,15 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                 fault.maybe_fail(epoch + 1, rank)
             yield batch
 
-    valid = eval_split(dataset, cfg, "valid")
-    mine = valid.subset(np.arange(rank, len(valid), world))
+    # The users eval_split would validate (all, or data.num_eval_users of them), every world-th to this
+    # worker; re-read from the shards each epoch unless they fit in one chunk.
+    selected = eval_selection(user_lengths(dataset.root, dataset.manifest), "valid", cfg.data.num_eval_users,
+                              cfg.train.seed)
+    mine = EvalSource(dataset.root, dataset.manifest, "valid", cfg.data.max_history, selected[rank::world])
 
     def evaluate_fn() -> dict[str, Any]:
-        ranks = gather_ranks(evaluation_ranks(ctx.core, mine, cfg, device), world)
-        return summarise(ranks, len(valid) * max(DEFAULT_KS))
+        local = merge_ranks([evaluation_ranks(ctx.core, chunk, cfg, device) for chunk in mine])
+        return summarise(gather_ranks(local, world), len(selected) * max(DEFAULT_KS))
 
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
         run["input_wait_s"] = [*run.get("input_wait_s", [])[: st.epoch - 1], wait.take()]
@@ -178,7 +192,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch-{st.epoch:04d}")
 
-    fit(ctx, batches, valid, state=state, evaluate_fn=evaluate_fn, on_epoch_end=on_epoch_end, log=log)
+    fit(ctx, batches, None, state=state, evaluate_fn=evaluate_fn, on_epoch_end=on_epoch_end, log=log)
 
 
 def _start_or_resume(model: torch.nn.Module, cfg: Config, manifest: dict[str, Any], steps_per_epoch: int,
@@ -192,6 +206,14 @@ def _start_or_resume(model: torch.nn.Module, cfg: Config, manifest: dict[str, An
     """
     hw = hardware(world, cfg.train.use_gpu)
     resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as path:
+            problem = checkpoint_damage(path)
+        if problem is not None:  # e.g. a truncated file in Ray's storage
+            if resume_dir is None:
+                raise CheckpointError(f"cannot resume: {problem}")
+            log(f"the checkpoint Ray handed over is damaged ({problem}); resuming from {resume_dir} instead")
+            resume = None
     if resume is None and resume_dir is not None:
         resume = Checkpoint.from_directory(resume_dir)
     if resume is None:
@@ -231,19 +253,27 @@ def _context(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, device: 
     return TrainContext.create(wrapped, cfg, steps_per_epoch, core=model, device=device, verbose=rank == 0)
 
 
+def merge_ranks(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Evaluation ranks of several chunks or workers as one: per-user arrays concatenated, counts
+    (decoding errors, teacher-forced hits per level) summed. Empty parts (no users) are skipped."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    counts = ("decoding", "teacher_forced")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in counts}
+    for k in counts:
+        if k in parts[0]:
+            out[k] = np.sum([p[k] for p in parts], axis=0)
+    return out
+
+
 def gather_ranks(local: dict[str, np.ndarray], world: int) -> dict[str, np.ndarray]:
-    """All workers' evaluation ranks: per-user arrays concatenated, counts (decoding errors, teacher-forced
-    hits per level) summed."""
+    """All workers' evaluation ranks (``merge_ranks`` of every worker's)."""
     if world == 1 or not dist.is_initialized():
         return local
     parts: list[dict[str, np.ndarray]] = [{} for _ in range(world)]
     dist.all_gather_object(parts, local)
-    counts = ("decoding", "teacher_forced")
-    out = {k: np.concatenate([p[k] for p in parts]) for k in local if k not in counts}
-    for k in counts:
-        if k in local:
-            out[k] = np.sum([p[k] for p in parts], axis=0)
-    return out
+    return merge_ranks(parts)
 
 
 class InputTimer:
@@ -288,20 +318,29 @@ class PublishCheckpoints(UserCallback):
 
 # -- on the driver ----------------------------------------------------------------------------------
 
-def training_input(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> ray.data.Dataset:
+def train_windows(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> int:
+    """Training windows of the dataset at ``data.max_history``, from the manifest's length histogram
+    (counted from the shards, with a log line, for a dataset prepared before raygr stored it)."""
+    return count_train_windows(length_histogram(dataset_dir, manifest), cfg.data.max_history)
+
+
+def windows_fit_in_store(cfg: Config, n_windows: int) -> bool:
+    """Whether the windows (int64 input + target, [n, T] each) take at most CACHE_FRACTION of the object store."""
+    store = ray.available_resources().get("object_store_memory", 0)
+    return 16 * n_windows * cfg.data.max_history < CACHE_FRACTION * store
+
+
+def training_input(cfg: Config, dataset_dir: Path, n_windows: int) -> ray.data.Dataset:
     """The Ray Data windows; cached in the object store when they take a small part of it.
 
     Streamed, the read + window pipeline re-runs every epoch, which costs seconds of start-up per
     epoch; a small dataset is cheaper to compute once. A large one keeps streaming (bounded memory).
+    Either way each worker iterates only its own shard of the windows.
     """
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = False  # one "execution plan" block per epoch is noise for a person
     ds = training_dataset(dataset_dir, cfg.data.max_history)
-    # Upper bound of the windows' size: every interaction is one target (+ input), plus one
-    # partly padded window per user; int64 input and target.
-    est_bytes = 16 * (int(manifest["num_interactions"]) + int(manifest["num_users"]) * cfg.data.max_history)
-    store = ray.available_resources().get("object_store_memory", 0)
-    return ds.materialize() if est_bytes < CACHE_FRACTION * store else ds
+    return ds.materialize() if windows_fit_in_store(cfg, n_windows) else ds
 
 
 class Trainer(TorchTrainer):
@@ -316,19 +355,28 @@ class Trainer(TorchTrainer):
         return None
 
 
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Where a re-run may resume from, newest first: RUN_DIR/checkpoints/latest, the checkpoints Ray Train
+    keeps in RUN_DIR/ray (the latest and the best, by epoch), RUN_DIR/checkpoints/best."""
+    kept = sorted((run_dir / "ray" / RUN_NAME).glob("epoch-*"), key=lambda p: p.name, reverse=True)
+    return [run_dir / CHECKPOINTS / LATEST, *kept, run_dir / CHECKPOINTS / BEST]
+
+
 def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[str, Any],
                   fault: FaultSpec | None = None, *, callbacks: Iterable[UserCallback] = (),
-                  gpus_per_worker: float | None = None) -> Trainer:
+                  gpus_per_worker: float | None = None, log: Callable[[str], None] = print) -> Trainer:
     """``callbacks`` join PublishCheckpoints (Tune adds its reporter); ``gpus_per_worker`` lets Tune
     trials share a GPU (default: one GPU per worker when train.use_gpu)."""
     t = cfg.train
-    # RUN_DIR/checkpoints/latest is what a re-run resumes from. Ray's own record (RUN_DIR/ray) would do
-    # as well, but not for a run directory that was copied or moved or lost ray/: without this, such a
-    # run would start again from epoch 1. (Ray 2.60 rejects TorchTrainer(resume_from_checkpoint=...).)
-    latest = run_dir / CHECKPOINTS / LATEST
-    job = {"config": config_to_dict(cfg), "dataset_dir": str(dataset_dir),
+    # RUN_DIR/checkpoints/latest (or the newest whole checkpoint, when it is damaged) is what a re-run
+    # resumes from. Ray's own record (RUN_DIR/ray) would do as well, but not for a run directory that was
+    # copied or moved or lost ray/: without this, such a run would start again from epoch 1. (Ray 2.60
+    # rejects TorchTrainer(resume_from_checkpoint=...).)
+    resume = resumable_checkpoint(resume_candidates(run_dir), log)
+    n_windows = train_windows(cfg, dataset_dir, manifest)
+    job = {"config": config_to_dict(cfg), "dataset_dir": str(dataset_dir), "train_windows": n_windows,
            "fault": None if fault is None else fault.__dict__,
-           "resume_dir": str(latest) if latest_checkpoint(run_dir) is not None else None}
+           "resume_dir": str(resume.path) if resume is not None else None}
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu and gpus_per_worker is not None:
         resources["GPU"] = gpus_per_worker
@@ -337,7 +385,7 @@ def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[
         train_loop_config=job,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources),
-        datasets={"train": training_input(cfg, dataset_dir, manifest)},
+        datasets={"train": training_input(cfg, dataset_dir, n_windows)},
         run_config=RunConfig(
             name=RUN_NAME, storage_path=str(run_dir / "ray"),
             # num_to_keep=1 + a score: Ray keeps the best and, always, the latest.
@@ -401,7 +449,9 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
         verify_checksums(dataset_dir, manifest)
     run = prepare_run_dir(run_dir)
     fault = FaultSpec.from_env(run)
-    latest = latest_checkpoint(run)
+    # The newest whole checkpoint; a damaged one is named and skipped, and if every one is damaged this
+    # raises rather than start again from epoch 1.
+    latest = resumable_checkpoint(resume_candidates(run), log)
     if latest is not None:
         check_compatible(latest, cfg, manifest)
     else:
@@ -418,7 +468,7 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
             f"{manifest['num_items']:,} items) with {t.num_workers} {'GPU' if t.use_gpu else 'CPU'} worker(s) "
             f"for {t.epochs} epochs -> {run}"
             + (f" (resuming after epoch {latest.epoch})" if latest is not None else ""))
-        build_trainer(cfg, dataset_dir, run, manifest, fault).fit()
+        build_trainer(cfg, dataset_dir, run, manifest, fault, log=log).fit()
 
     info = latest_checkpoint(run)
     if info is None:  # e.g. 0 epochs left and nothing was ever saved

@@ -43,10 +43,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
-from raygr.data.dataset import check_files, load_dataset, read_manifest
-from raygr.data.windows import make_train_windows_csr
+from raygr.data.dataset import check_files, read_manifest
 from raygr.distributed.session import quiet_env
-from raygr.distributed.train import CACHE_FRACTION, build_trainer
+from raygr.distributed.train import build_trainer, train_windows, windows_fit_in_store
 from raygr.training.checkpoint import (
     CHECKPOINTS,
     DatasetIdentity,
@@ -216,17 +215,15 @@ def param_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
     return {d.key: make[d.kind](d.values) for d in dims}
 
 
-def total_steps(cfg: Config, dataset_dir: Path) -> int:
-    """Optimisation steps of one trial at the base batch size (sizes the default horizon choices)."""
-    seqs = load_dataset(dataset_dir).sequences
-    windows = len(make_train_windows_csr(seqs.offsets, seqs.items, cfg.data.max_history)["input"])
-    return math.ceil(windows / cfg.train.batch_size) * cfg.train.epochs
+def total_steps(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> int:
+    """Optimisation steps of one trial at the base batch size (sizes the default horizon choices), counted
+    from the manifest: no sequence is read."""
+    return math.ceil(train_windows(cfg, dataset_dir, manifest) / cfg.train.batch_size) * cfg.train.epochs
 
 
-def streams(cfg: Config, manifest: dict[str, Any]) -> bool:
+def streams(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> bool:
     """Whether ``training_input`` (train.py) will stream the windows rather than materialise them: same rule."""
-    est_bytes = 16 * (int(manifest["num_interactions"]) + int(manifest["num_users"]) * cfg.data.max_history)
-    return est_bytes >= CACHE_FRACTION * ray.available_resources().get("object_store_memory", 0)
+    return not windows_fit_in_store(cfg, train_windows(cfg, dataset_dir, manifest))
 
 
 def search_identity(cfg: Config, dims: tuple[Dimension, ...], manifest: dict[str, Any]) -> dict[str, Any]:
@@ -338,9 +335,10 @@ def run_tune(cfg: Config, dataset_dir: str | Path, output: str | Path, *, resume
     check_files(dataset_dir, manifest)
     cfg = with_trial_gpus(resolve_warm_start(cfg, manifest))
     # The space and the resources are checked before any trial starts: a typo costs a second.
-    steps = total_steps(cfg, dataset_dir) if not cfg.tune.space else 0
+    steps = total_steps(cfg, dataset_dir, manifest) if not cfg.tune.space else 0
     dims = resolve_space(cfg, steps)
-    concurrency = max_concurrent(cfg, ray.cluster_resources(), data_cpus=1.0 if streams(cfg, manifest) else 0.0)
+    concurrency = max_concurrent(cfg, ray.cluster_resources(),
+                                 data_cpus=1.0 if streams(cfg, dataset_dir, manifest) else 0.0)
     out = prepare_output(output)
     exp_dir = out / "ray" / EXPERIMENT
     identity = search_identity(cfg, dims, manifest)
