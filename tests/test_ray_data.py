@@ -36,6 +36,9 @@ def same_dataset(a, b) -> None:
     assert np.array_equal(da.sequences.timestamps, db.sequences.timestamps)
     for key in ("rows", "duplicates_dropped", "items_without_content"):
         assert da.manifest["source"][key] == db.manifest["source"][key]
+    # The per-split counts (the workers' step counts) are written by both paths alike.
+    for key in ("sequence_lengths", "splits"):
+        assert da.manifest[key] == db.manifest[key]
 
 
 def test_ray_prepare_equals_in_memory_prepare(ray_cluster, tmp_path):
