@@ -46,26 +46,37 @@ class ScheduleConfig:
     """Gumbel exploration: temperature tau and noise scale sigma as functions of the step."""
 
     # Shape of the tau/sigma decay over horizon_steps: constant, linear, exponential or cosine; or DIGER's
-    # adaptive noise on a cosine base: sdud (a learned noise scale per level) or frqud (noise only for
-    # items whose code is over-used).
+    # adaptive decays, which take tau from the cosine and bring sigma to 0 at the horizon: sdud (a learned
+    # noise scale per level, times the cosine decay) or frqud (a per-code decay: the more often a code is
+    # the nearest one, the faster the noise on it fades).
     strategy: DecayStrategy = "cosine"
     tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 (the soft assignment the gradient follows)
     tau_end: float = 0.1  # temperature at the end of the decay
-    sigma_start: float = 0.5  # Gumbel noise scale at step 0 (logits are z-scored distances)
-    sigma_end: float = 0.0  # noise scale at the end of the decay (0 = the nearest code, no exploration)
-    horizon_steps: int = 0  # steps over which the decay runs, then constant; 0 = half the run's steps
+    # Gumbel noise scale at step 0 (logits are z-scored distances); sdud: where its learned scale starts.
+    sigma_start: float = 0.5
+    # Noise scale at the end of the decay (0 = the nearest code, no exploration); sdud and frqud always end at 0.
+    sigma_end: float = 0.0
+    # Steps over which the decay runs, then constant; 0 = half the run's steps, resolved once when the run
+    # starts and stored in its config and checkpoints (a resume keeps it, whatever train.epochs says then).
+    horizon_steps: int = 0
     exp_rate: float = 5.0  # exponential: value = end + (start-end)*exp(-rate*t)
-    sdud_lambda: float = 0.1  # SDUD: floor lambda in L/(2(|s|+l)^2) + log(|s|+l)
-    frqud_threshold: float = 2.0  # FrqUD: a code is over-used above threshold x the uniform frequency
-    frqud_momentum: float = 0.99  # FrqUD: EMA momentum of code frequencies
+    sdud_lambda: float = 0.1  # SDUD: floor lambda in L/(2(|s|+l)^2) + log(|s|+l), the learned scale's loss
+    # FrqUD: a code used R times as often as uniform decays as cosine^R, one used 1/R as often as cosine^(1/R)
+    # (R = this value, the code frequency's effect saturates there); 1 = every code follows the cosine.
+    frqud_threshold: float = 2.0
+    frqud_momentum: float = 0.99  # FrqUD: EMA momentum of code frequencies (counted on the noise-free codes)
 
     def validate(self) -> None:
         _check(self.tau_end > 0 and self.tau_start > 0, "model.schedule.tau_start/tau_end", "must be > 0")
         _check(self.sigma_start >= 0 and self.sigma_end >= 0, "model.schedule.sigma_*", "must be >= 0")
         _check(self.horizon_steps >= 0, "model.schedule.horizon_steps", "must be >= 0 (0 = half the run)")
         _check(self.sdud_lambda > 0, "model.schedule.sdud_lambda", "must be > 0")
-        _check(self.frqud_threshold > 0, "model.schedule.frqud_threshold", "must be > 0")
+        _check(self.frqud_threshold >= 1, "model.schedule.frqud_threshold",
+               "must be >= 1 (1 = no frequency effect, every code follows the cosine)")
         _check(0 <= self.frqud_momentum < 1, "model.schedule.frqud_momentum", "must be in [0, 1)")
+        _check(self.strategy not in ("sdud", "frqud") or self.sigma_end == 0, "model.schedule.sigma_end",
+               f"must be 0 with strategy {self.strategy} (its noise decays to 0 at the horizon); set "
+               "model.schedule.sigma_end=0, or choose a fixed shape (linear, cosine, ...) to keep noise")
 
 
 @dataclass(frozen=True)

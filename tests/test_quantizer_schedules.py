@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from raygr.config import ScheduleConfig
+from raygr.config import ConfigError, ScheduleConfig
 from raygr.models.quantizer import ResidualQuantizer
-from raygr.models.schedules import decay, lr_factor, noise_scale, temperature
+from raygr.models.schedules import decay, frqud_noise, lr_factor, noise_scale, temperature
 
 
 @pytest.mark.parametrize("shape", ["linear", "exponential", "cosine"])
@@ -27,12 +27,8 @@ def test_shapes_differ_where_intended():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(100, 10, 100) == pytest.approx(0.05)
     # lr_floor=1: constant after the warm-up (the SASRec reference setting of BENCHMARKS.md)
     assert all(lr_factor(s, 10, 100, floor=1.0) == 1.0 for s in range(10, 200))
-    # Pure functions of the step: asked in any order (a resume starts mid-run) they give the same values.
-    steps = list(range(0, 15))
-    in_order = [(temperature(cfg, s), noise_scale(cfg, s)) for s in steps]
-    shuffled = steps[::-1][::2] + steps[::-1][1::2]
-    assert {s: (temperature(cfg, s), noise_scale(cfg, s)) for s in shuffled} == dict(zip(steps, in_order))
-    assert in_order[0] != in_order[10] and in_order[10] == in_order[14]  # they do decay, then stay
+    values = [(temperature(cfg, s), noise_scale(cfg, s)) for s in range(15)]
+    assert values[0] != values[10] and values[10] == values[14]  # they do decay, then stay
 
 
 def test_a_held_rate_steps_down_onto_the_whole_runs_cosine():
@@ -57,18 +53,51 @@ def test_sdud_scale_moves_with_the_uncertainty_loss():
     assert q.sdud_scale.detach().abs() == pytest.approx(torch.full((2,), 0.1), abs=0.03)
 
 
-def test_frqud_adds_noise_only_to_over_used_codes():
+def test_adaptive_strategies_end_at_zero_noise_and_take_tau_from_the_cosine():
+    for strategy in ("sdud", "frqud"):
+        cfg = ScheduleConfig(strategy=strategy, sigma_start=0.8, horizon_steps=40)
+        assert temperature(cfg, 10) == pytest.approx(decay("cosine", 1.0, 0.1, 10, 40))
+        assert noise_scale(cfg, 0) == pytest.approx(0.8) and noise_scale(cfg, 40) == 0.0
+    with pytest.raises(ConfigError, match="model.schedule.sigma_end.*set model.schedule.sigma_end=0"):
+        ScheduleConfig(strategy="frqud", sigma_end=0.1).validate()
+    ScheduleConfig(strategy="cosine", sigma_end=0.1).validate()  # a fixed shape may keep some noise
+
+
+def test_sdud_noise_is_the_learned_scale_times_the_decay():
+    cfg = ScheduleConfig(strategy="sdud", sigma_start=1.0, horizon_steps=100)
+    q = ResidualQuantizer(2, 8, 4, cfg)
+    with torch.no_grad():
+        q.sdud_scale.copy_(torch.tensor([1.7, -0.4]))  # the sign is not the scale
+    s0, s50, s100 = (q.noise_scales(t) for t in (0, 50, 100))
+    assert s0.shape == (2, 8) and torch.allclose(s0[:, 0], torch.tensor([1.7, 0.4]))
+    assert torch.allclose(s50, 0.5 * s0)  # the cosine's midpoint
+    assert s100.abs().max() == 0 and not q.explores(100) and q.explores(99)
+
+
+def test_frqud_gives_every_code_its_own_decay_by_its_frequency():
+    cfg = ScheduleConfig(strategy="frqud", sigma_start=2.0, horizon_steps=100, frqud_threshold=3.0)
+    rel = torch.tensor([0.0, 0.5, 1.0, 2.0, 10.0])  # relative to uniform
+    at0, at50, at100 = (frqud_noise(cfg, t, rel) for t in (0, 50, 100))
+    assert torch.allclose(at0, torch.full((5,), 2.0))  # everything explores at the start
+    assert (at50[:-1] > at50[1:]).all()  # more used, less noise (strictly, up to the clamp at R=3)
+    assert at50[2] == pytest.approx(2.0 * 0.5)  # a uniformly used code follows the cosine
+    assert at50[0] == pytest.approx(2.0 * 0.5 ** (1 / 3)) and at50[4] == pytest.approx(2.0 * 0.5 ** 3)
+    assert at100.abs().max() == 0  # and nothing is left at the horizon, not even on unused codes
+    # In the quantizer the scale is per code (logit column): from the EMA of code frequencies.
+    q = ResidualQuantizer(1, 4, 2, cfg)
+    q.code_freq[0] = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    assert torch.allclose(q.noise_scales(50)[0], frqud_noise(cfg, 50, q.code_freq[0] * 4))
+
+
+def test_frqud_counts_the_noise_free_codes():
     torch.manual_seed(0)
-    q = ResidualQuantizer(1, 4, 2, ScheduleConfig(strategy="frqud", sigma_start=5.0, frqud_threshold=2.0))
-    q.code_freq[0] = torch.tensor([0.9, 0.05, 0.03, 0.02])  # code 0 over-used (> 2/4)
-    clean = torch.tensor([0, 1, 2, 3, 0])
-    sigma = q.sigma(0, step=0, logits=torch.nn.functional.one_hot(clean, 4).float())
-    assert sigma.squeeze(1).tolist() == [5.0, 0.0, 0.0, 0.0, 5.0]
-    # End to end: samples whose clean code is not over-used keep it, whatever the noise.
-    z = q.codebooks[0].detach()[[1, 2, 3]] + 0.001
+    cfg = ScheduleConfig(strategy="frqud", sigma_start=50.0, horizon_steps=10**6, frqud_momentum=0.0)
+    q = ResidualQuantizer(1, 4, 2, cfg)
+    z = q.codebooks[0].detach()[[0, 0, 0, 1]] + 0.001  # nearest codes: 0, 0, 0, 1
     q.train()
-    for _ in range(5):
-        assert q(z, step=0).codes[:, 0].tolist() == [1, 2, 3]
+    out = q(z, step=0)
+    assert out.codes[:, 0].tolist() != [0, 0, 0, 1]  # the noise moved some (sigma 50 on z-scored logits)
+    assert torch.allclose(q.code_freq[0], torch.tensor([0.75, 0.25, 0.0, 0.0]))
 
 
 def test_straight_through_forward_is_hard_and_backward_reaches_codebooks_and_input():
@@ -81,6 +110,15 @@ def test_straight_through_forward_is_hard_and_backward_reaches_codebooks_and_inp
     assert torch.allclose(out.code_vecs, chosen, atol=1e-6)
     out.code_vecs.pow(2).sum().backward()
     assert z.grad.abs().sum() > 0 and (q.codebooks.grad.abs().sum((1, 2)) > 0).all()
+    # Without straight-through the codebooks still get the code vectors' own gradient, but not the one
+    # through the assignment (distances), and the input gets none.
+    grad_st = q.codebooks.grad.clone()
+    q.straight_through = False
+    q.zero_grad()
+    z2 = z.detach().clone().requires_grad_(True)
+    q(z2, step=0).code_vecs.pow(2).sum().backward()
+    assert z2.grad is None or z2.grad.abs().sum() == 0
+    assert not torch.allclose(q.codebooks.grad, grad_st)
 
 
 def test_kmeans_init_and_dead_code_revival():

@@ -64,11 +64,13 @@ from raygr.training.checkpoint import (
     DatasetIdentity,
     check_compatible,
     checkpoint_damage,
+    keep_run_horizon,
     latest_checkpoint,
     load_model_state,
     load_trainer_state,
     prepare_run_dir,
     publish,
+    publish_run_config,
     read_checkpoint,
     resumable_checkpoint,
     save_checkpoint,
@@ -312,6 +314,7 @@ class PublishCheckpoints(UserCallback):
             return
         with checkpoint.as_directory() as path:
             publish(path, self.run_dir / CHECKPOINTS / LATEST)
+            publish_run_config(path, self.run_dir)  # with the horizon the workers resolved
             if metrics and metrics[0].get("is_best"):
                 publish(path, self.run_dir / CHECKPOINTS / BEST)
 
@@ -454,6 +457,7 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     latest = resumable_checkpoint(resume_candidates(run), log)
     if latest is not None:
         check_compatible(latest, cfg, manifest)
+        cfg = keep_run_horizon(cfg, latest)  # another train.epochs must not move the exploration horizon
     else:
         cfg = resolve_warm_start(cfg, manifest)
     check_resources(cfg)

@@ -8,10 +8,14 @@ Per level, with residual r (the item vector z at level 0):
     q      = assign @ codebook;  r <- r - q
 so any loss on the codes or the code vectors reaches both the codebooks and the item encoder.
 
-Noise strategies (``ScheduleConfig.strategy``): the fixed shapes use sigma(step) for every sample;
-SDUD learns sigma per level with the uncertainty loss L/(2(|s|+lam)^2) + log(|s|+lam) on the
-(detached) recommendation loss, so exploration shrinks as the loss does; FrqUD adds noise only to
-samples whose clean code is over-used according to an EMA of code frequencies.
+Noise strategies (``ScheduleConfig.strategy``, formulas in ``raygr.models.schedules``): the fixed shapes
+use sigma(step) for every sample and code. SDUD learns a noise scale per level with DIGER's uncertainty
+loss L/(2(|s|+lam)^2) + log(|s|+lam) on the (detached) generator loss, and applies it times the cosine
+decay, so exploration follows the loss and ends at the horizon. FrqUD gives every code its own decay,
+faster the more often the code is an item's nearest one (an EMA of the noise-free codes' frequencies);
+the noise on code k's logit is sigma[l, k], so items crowded on a popular code are pushed towards the
+rarer codes, whose logits stay noisy (and, Gumbel noise having a positive mean, favoured) for longer.
+From the horizon on every strategy's sigma is 0: training then sees each item's nearest code.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygr.config import ScheduleConfig
-from raygr.models.schedules import noise_scale, temperature
+from raygr.models.schedules import ADAPTIVE, exploration, frqud_noise, noise_scale, sdud_noise, temperature
 
 
 @dataclass
@@ -52,19 +56,24 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("code_freq", torch.full((levels, codes), 1.0 / codes))  # EMA, FrqUD
         self.register_buffer("last_used", torch.zeros(levels, codes, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # The mean sigma the last exploring forward applied (what the logs report): not state, a reading.
+        self.last_sigma = torch.zeros(())
         self.straight_through = True
 
     # -- noise ------------------------------------------------------------------------------------
-    def sigma(self, level: int, step: int, logits: torch.Tensor) -> torch.Tensor | float:
+    def noise_scales(self, step: int) -> torch.Tensor:
+        """The Gumbel noise scale in force at ``step`` per level and code [L, K]."""
         s = self.schedule
         if s.strategy == "sdud":
-            return self.sdud_scale[level].detach().abs()
-        sigma = noise_scale(s, step)
+            return sdud_noise(s, step, self.sdud_scale)[:, None].expand(self.levels, self.codes)
         if s.strategy == "frqud":
-            clean = logits.detach().argmax(-1)  # [M] the code the item gets without noise
-            over = self.code_freq[level][clean] > s.frqud_threshold / self.codes  # [M]
-            return sigma * over.float()[:, None]
-        return sigma
+            return frqud_noise(s, step, self.code_freq * self.codes)
+        return self.code_freq.new_full((self.levels, self.codes), noise_scale(s, step))
+
+    def explores(self, step: int) -> bool:
+        """Whether any noise is left at ``step``."""
+        s = self.schedule
+        return (exploration(s, step) > 0 and s.sigma_start > 0) if s.strategy in ADAPTIVE else noise_scale(s, step) > 0
 
     def sdud_loss(self, rec_loss: torch.Tensor) -> torch.Tensor:
         """Uncertainty loss that trains SDUD's noise scale from the detached recommendation loss."""
@@ -78,8 +87,13 @@ class ResidualQuantizer(nn.Module):
         """z: [M, D]. ``explore`` defaults to ``self.training``."""
         explore = self.training if explore is None else explore
         tau = temperature(self.schedule, step) if explore else 1.0
+        # Decided on the host (no device sync): from the horizon on no noise is drawn at all.
+        noisy_any = explore and self.explores(step)
+        sigmas = self.noise_scales(step).to(z.dtype) if noisy_any else None  # [L, K]
+        if explore:
+            self.last_sigma = sigmas.detach().mean() if noisy_any else z.new_zeros(())
         r = z
-        codes, assigns, softs, vecs = [], [], [], []
+        codes, clean_codes, assigns, softs, vecs = [], [], [], [], []
         codebook_loss = commit_loss = balance = z.new_zeros(())
         for level in range(self.levels):
             C = self.codebooks[level]  # [K, D]
@@ -90,10 +104,9 @@ class ResidualQuantizer(nn.Module):
             std = centred.detach().pow(2).sum(-1, keepdim=True).div_(max(self.codes - 1, 1)).sqrt_()
             logits = -centred / (std + 1e-6)
             noisy = logits
-            if explore:
-                sigma = self.sigma(level, step, logits)
+            if noisy_any:
                 gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)))
-                noisy = logits + sigma * gumbel
+                noisy = logits + sigmas[level] * gumbel  # [K] per code, the same for every item
             soft = F.softmax(noisy / tau, dim=-1)
             hard = noisy.argmax(-1)  # [M]
             onehot = F.one_hot(hard, self.codes).to(soft.dtype)
@@ -107,13 +120,15 @@ class ResidualQuantizer(nn.Module):
             p = soft.mean(0)  # [K] batch code distribution
             balance = balance + (p * torch.log(p * self.codes + 1e-9)).sum()  # KL(p || uniform)
             codes.append(hard)
+            if explore:
+                clean_codes.append(logits.detach().argmax(-1) if noisy_any else hard)
             assigns.append(assign)
             softs.append(soft)
             vecs.append(q)
             r = r - q
         codes_t = torch.stack(codes, 1)
         if explore:
-            self._track_usage(codes_t, step)
+            self._track_usage(codes_t, torch.stack(clean_codes, 1), step)
         return QuantizerOutput(codes=codes_t, assign=torch.stack(assigns, 1), soft=torch.stack(softs, 1),
                                code_vecs=torch.stack(vecs, 1),
                                losses={"codebook": codebook_loss / self.levels,
@@ -121,10 +136,16 @@ class ResidualQuantizer(nn.Module):
                                        "balance": balance / self.levels})
 
     @torch.no_grad()
-    def _track_usage(self, codes: torch.Tensor, step: int) -> None:
+    def _track_usage(self, codes: torch.Tensor, clean: torch.Tensor, step: int) -> None:
+        """``codes`` [M, L] the codes training used, ``clean`` [M, L] the noise-free ones.
+
+        FrqUD's frequencies count the clean codes: counted on the noisy ones they would measure the noise
+        itself, and a code that the noise fills would look crowded and lose its noise for no reason.
+        Dead-code revival reads what training used.
+        """
         m = self.schedule.frqud_momentum
         for level in range(self.levels):
-            freq = torch.bincount(codes[:, level], minlength=self.codes).float() / codes.shape[0]
+            freq = torch.bincount(clean[:, level], minlength=self.codes).float() / clean.shape[0]
             self.code_freq[level].mul_(m).add_((1 - m) * freq)
             self.last_used[level, codes[:, level]] = step
 

@@ -173,6 +173,25 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
+def publish_run_config(checkpoint: str | Path, run_dir: str | Path) -> Path:
+    """RUN_DIR/config.yaml := the checkpoint's config, replaced atomically.
+
+    The workers resolve what the driver cannot know before they count the steps (the exploration horizon,
+    ``model.schedule.horizon_steps: 0``); the run's config.yaml then states the value the run uses.
+    """
+    dest = Path(run_dir) / CONFIG_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write((Path(checkpoint) / CONFIG_FILE).read_text())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def publish(src: str | Path, dest: str | Path) -> Path:
     """Copy checkpoint ``src`` to ``dest``, replacing it atomically (a reader sees the old or the new one)."""
     src, dest = Path(src), Path(dest)
@@ -237,6 +256,14 @@ def check_compatible(info: CheckpointInfo, cfg: Config, manifest: dict[str, Any]
             raise CheckpointError(
                 f"config key '{key}' is {b!r}, but checkpoint {info.path} was trained with {a!r}; "
                 f"set {key}={a} to use this checkpoint, or train into a new output directory")
+    # 0 means "resolve from this run's steps", which a resume does by keeping the saved value; another
+    # explicit value would change the exploration schedule halfway through the run.
+    a, b = (c.model.schedule.horizon_steps for c in (info.config, cfg))
+    if a and b and a != b:
+        raise CheckpointError(
+            f"config key 'model.schedule.horizon_steps' is {b}, but checkpoint {info.path} belongs to a run "
+            f"whose exploration horizon is {a}; set model.schedule.horizon_steps={a} (or 0) to resume it, or "
+            "train into a new output directory")
 
 
 def check_dataset(info: CheckpointInfo, manifest: dict[str, Any], key: str = "") -> None:
@@ -269,7 +296,24 @@ def load_trainer_state(path: str | Path, ctx: TrainContext) -> TrainState:
     ctx.optimizer.load_state_dict(saved["optimizer"])
     ctx.weighter.load_state_dict(saved["weighter"])
     ctx.miner.pool = saved["miner_pool"]
+    # The horizon was resolved from the run's total steps when it started; recomputed from this call's
+    # train.epochs it would move the exploration schedule mid-run.
+    ctx.set_horizon(run_horizon(info, ctx.cfg))
     return info.train_state()
+
+
+def run_horizon(info: CheckpointInfo, cfg: Config) -> int:
+    """The exploration horizon a run resumed from ``info`` keeps: the one its checkpoint saved, unless the
+    checkpoint predates resolved horizons (0), where ``cfg``'s stands."""
+    return info.config.model.schedule.horizon_steps or cfg.model.schedule.horizon_steps
+
+
+def keep_run_horizon(cfg: Config, info: CheckpointInfo) -> Config:
+    """``cfg`` with the exploration horizon of the run ``info`` belongs to (what a resume writes as the run's
+    config.yaml)."""
+    from raygr.config import replace
+
+    return replace(cfg, [f"model.schedule.horizon_steps={run_horizon(info, cfg)}"])
 
 
 def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu") -> CheckpointInfo:

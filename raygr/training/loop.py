@@ -27,7 +27,7 @@ from raygr.data.split import EvalExamples
 from raygr.metrics import DEFAULT_KS, decoding_health, metrics_from_ranks, ranks_from_lists, ranks_from_scores
 from raygr.models.batch import TrainBatch
 from raygr.models.joint import GenerativeRecommender
-from raygr.models.schedules import lr_factor, noise_scale, temperature
+from raygr.models.schedules import lr_factor, temperature
 from raygr.training.enhancer import HardNegativeMiner
 from raygr.training.warm_start import warm_start
 from raygr.training.weighting import LossWeighter
@@ -74,21 +74,36 @@ class TrainContext:
         core = core or model
         total = max(1, steps_per_epoch * cfg.train.epochs)
         cfg = resolve_horizon(cfg, total)
-        if isinstance(core, GenerativeRecommender):
-            core.quantizer.schedule = cfg.model.schedule
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         shared = getattr(core, "shared_parameters", core.seq.shared_parameters)()
         m = cfg.model
         miner = HardNegativeMiner(core.num_items, m.num_negatives, m.hard_negatives, m.enhancer_every)
-        return cls(model, core, cfg, opt, LossWeighter(m, shared), miner,
-                   total_steps=total, hold_steps=steps_per_epoch * cfg.train.lr_hold_epochs,
-                   device=torch.device(device),
-                   verbose=verbose)
+        weighter = LossWeighter(m, shared, log=print if verbose else (lambda _msg: None))
+        ctx = cls(model, core, cfg, opt, weighter, miner,
+                  total_steps=total, hold_steps=steps_per_epoch * cfg.train.lr_hold_epochs,
+                  device=torch.device(device),
+                  verbose=verbose)
+        ctx.set_horizon(cfg.model.schedule.horizon_steps)
+        return ctx
+
+    def set_horizon(self, horizon_steps: int) -> None:
+        """Make ``horizon_steps`` the exploration horizon everywhere it is read: this context's config (which
+        checkpoints save), the model's own config and its quantizer's schedule. A resume calls it with the
+        horizon its checkpoint saved (``load_trainer_state``), so the schedule never changes mid-run."""
+        sched = dataclasses.replace(self.cfg.model.schedule, horizon_steps=horizon_steps)
+        self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, schedule=sched))
+        if isinstance(self.core, GenerativeRecommender):
+            self.core.cfg = dataclasses.replace(self.core.cfg, schedule=sched)
+            self.core.quantizer.schedule = sched
 
 
 def resolve_horizon(cfg: Config, total_steps: int) -> Config:
-    """``model.schedule.horizon_steps = 0`` means half of this run's optimisation steps."""
+    """``model.schedule.horizon_steps = 0`` means half of this run's optimisation steps.
+
+    Called once, when a run starts; a resumed run takes the resolved value from its checkpoint instead,
+    so changing train.epochs on a resume does not move the horizon.
+    """
     if cfg.model.schedule.horizon_steps:
         return cfg
     sched = dataclasses.replace(cfg.model.schedule, horizon_steps=max(1, total_steps // 2))
@@ -209,12 +224,19 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     revived = maybe_revive_codes(ctx, step)
     out = {k: float(v.detach()) for k, v in terms.items()}
     out.update(loss=float(total.detach()), lr=lr, tau=temperature(cfg.model.schedule, step),
-               sigma=noise_scale(cfg.model.schedule, step), mined=mined,
-               revived=revived)
+               sigma=sigma_in_force(ctx.core), mined=mined, revived=revived)
     if "ranker" in weights:
         out["w_ranker"] = weights["ranker"]
         out["w_generator"] = weights["generator"]
     return out
+
+
+def sigma_in_force(core: nn.Module) -> float:
+    """The mean Gumbel noise scale this step's quantizer forward applied (0 when the codes are not explored:
+    fixed SIDs, a frozen tokenizer, past the horizon): SDUD's and FrqUD's, not the cosine they start from."""
+    if not isinstance(core, GenerativeRecommender) or core.tokenizer_frozen or core.sids_fixed:
+        return 0.0
+    return float(core.quantizer.last_sigma)
 
 
 @torch.no_grad()
@@ -353,7 +375,12 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
         if ctx.verbose:
             util = record["codebook"].get("utilization")
             log(f"epoch {epoch + 1}: loss {record['train'].get('loss', 0):.4f} | valid ndcg@10 {score:.4f} "
-                f"recall@10 {metrics['recall@10']:.4f} | {record['samples_per_s']:.0f} samples/s"
+                f"recall@10 {metrics['recall@10']:.4f}"
+                # With a ranker the main figure is retrieve-then-rank: say what the generator alone did too.
+                + (f" (generator alone {metrics['retrieval_only']['ndcg@10']:.4f} / "
+                   f"{metrics['retrieval_only']['recall@10']:.4f})"
+                   if metrics.get("candidates_per_user", 0) > 0 else "")
+                + f" | {record['samples_per_s']:.0f} samples/s"
                 + (f" | code util {[round(u, 2) for u in util]}" if util else "")
                 + (f" | SIDs changed {record['codebook']['sid_changed']:.3f}" if "sid_changed" in record["codebook"]
                    else "")
