@@ -16,7 +16,17 @@ import pytest
 
 from raygr.config import ServeConfig
 from raygr.serving.catalogue import Catalogue
-from raygr.serving.request import MAX_DEPTH, Limits, RecommendRequest, RequestError, parse_body, read_limited
+from raygr.serving.request import (
+    MAX_DEPTH,
+    Limits,
+    RecommendRequest,
+    RequestError,
+    parse_body,
+    parse_json,
+    parse_request,
+    read_limited,
+)
+from raygr.serving.schema import RecommendBody
 
 IDS = [f"item-{i}" for i in range(50)] + ["7", "12"]
 CATALOGUE = Catalogue("toy", IDS, np.arange(len(IDS) + 1))
@@ -139,3 +149,39 @@ def test_a_long_history_within_the_size_limit_is_truncated_cheaply():
     assert isinstance(req, RecommendRequest) and req.truncated == 100_000 - 20
     assert req.history == tuple(CATALOGUE.to_indices(map(str, history[-20:]))[0])
     assert time.perf_counter() - start < 1.0  # it took 1.5 s when every id was looked up
+
+
+# Refusals that depend on this service (its limits, its catalogue), which the request model cannot know.
+SERVICE_REFUSALS = ("out of range", "not in the catalogue", "ids; at most", "this model reads")
+
+
+def test_the_documented_request_model_accepts_exactly_the_bodies_of_the_right_shape():
+    """RecommendBody (the OpenAPI schema of POST /recommend) and the hand validation agree on every fuzzed JSON
+    body: what the service accepts fits the model; what the model refuses, the service refuses with a 422;
+    what only the service refuses is a range, a catalogue or a history-length refusal."""
+    from pydantic import ValidationError
+
+    checked = 0
+    for body in generated_bodies() + [json.dumps(VALID).encode(), b'{"history": [], "k": null}']:
+        try:
+            value = parse_json(body)
+        except RequestError:
+            continue  # not JSON: the model never sees it
+        try:
+            RecommendBody.model_validate(value)
+            fits = True
+        except ValidationError:
+            fits = False
+        try:
+            parse_request(value, CATALOGUE, LIMITS)
+            refusal = None
+        except RequestError as e:
+            refusal = e
+        checked += 1
+        if refusal is None:
+            assert fits, body[:120]
+        elif not fits:
+            assert refusal.status == 422, (body[:120], refusal.message)
+        else:
+            assert any(w in refusal.message for w in SERVICE_REFUSALS), (body[:120], refusal.message)
+    assert checked > 150  # the JSON ones among the fuzzed bodies (172 with seed 0)

@@ -4,6 +4,7 @@ config, its generated copy in jobs/, and the injected loader (these without a cl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,9 @@ from raygr.distributed.serve import (
 )
 from raygr.metrics import popularity_ranking
 from raygr.serving.client import Client, send_examples
-from raygr.training.checkpoint import load_model
+from raygr.serving.engine import load_serving_model
+from raygr.serving.pipeline import model_version
+from raygr.training.checkpoint import CheckpointError, load_model
 from tests.helpers import tiny_dataset
 from tests.serving_helpers import tiny_checkpoint
 
@@ -202,6 +205,25 @@ def test_healthz_and_metadata(service):
                                  "checkpoint_epoch", "mode")} == {
         "model": "joint", "dataset": "tiny", "catalogue_size": 80, "levels": 3, "max_history": 20,
         "checkpoint_epoch": 1, "mode": "retrieve_then_rank"}
+    assert len(meta["model_version"]) == 16 and meta["update_error"] is None
+
+
+def test_the_openapi_schema_documents_the_typed_api(service):
+    client = service["client"]
+    status, schema = client.get("/openapi.json")
+    assert status == 200
+    post = schema["paths"]["/recommend"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"history", "k", "candidates", "exclude"} and body["required"] == ["history"]
+    assert body["additionalProperties"] is False
+    assert {"200", "400", "413", "422", "503"} <= set(post["responses"])
+    assert {"/healthz", "/readyz", "/metadata"} <= set(schema["paths"])
+    assert "RecommendResponse" in schema["components"]["schemas"]
+    status, page = client.get("/docs")
+    assert status == 200 and "swagger" in page.lower()
+    # Retrieval-only: the readiness of its two stages.
+    status, ready = client.get("/strict/readyz")
+    assert status == 200 and set(ready["stages"]) == {"ingress", "retriever"}
 
 
 # -- no cluster needed (ray.serve imported only) ---------------------------------------------------------
@@ -216,7 +238,8 @@ def test_deploy_config_is_valid_for_serve_and_shares_the_deployment_options():
     assert app["import_path"] == "raygr.distributed.serve:app_builder"
     assert app["args"] == {"checkpoint": "/ckpt", "data": "/data", "serve": {**app["args"]["serve"]}}
     assert app["args"]["serve"]["max_batch_size"] == 16
-    assert app["deployments"] == [{"name": n, **o} for n, o in deployment_options(cfg).items()]
+    assert app["deployments"] == [{"name": n, **o, "user_config": {"checkpoint": "/ckpt"}}
+                                  for n, o in deployment_options(cfg).items()]
     retriever = {d["name"]: d for d in app["deployments"]}["Retriever"]
     assert retriever["autoscaling_config"]["max_replicas"] == 3 and retriever["ray_actor_options"]["num_gpus"] > 0
     assert [d["name"] for d in deploy_config("/c", "/d", ranker=False)["applications"][0]["deployments"]] == [
@@ -251,14 +274,38 @@ def test_cli_writes_a_deploy_config_and_refuses_non_serve_overrides(tmp_path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_model_deployments_take_an_injected_loader():
-    """The replica class itself (``func_or_class``) runs its constructor outside Serve."""
+def test_model_deployments_load_through_an_injected_loader_and_refuse_a_bad_update(tmp_path):
+    """The replica class itself (``func_or_class``) outside Serve: its constructor, then ``reconfigure`` with the
+    user_config Serve would pass (the first one loads; the same weights again load nothing; a checkpoint that
+    fails to load is refused and the model stays)."""
+    ds = tiny_dataset(tmp_path, num_users=100)
+    run = tiny_checkpoint(ds, tmp_path / "run", epochs=0)
     calls = []
 
     def loader(checkpoint: str, dataset_dir: str, device: str):
         calls.append((checkpoint, dataset_dir, device))
-        return "a model"
+        return load_serving_model(checkpoint, dataset_dir, device)
 
-    replica = Retriever.func_or_class("/ckpt", "/data", ServeConfig(max_batch_size=7), loader)
-    assert calls == [("/ckpt", "/data", "cpu")] and replica.sm == "a model"
-    assert replica.retrieve._get_max_batch_size() == 7
+    replica = Retriever.func_or_class(str(ds.root), ServeConfig(max_batch_size=7), loader)
+    assert replica.retrieve._get_max_batch_size() == 7 and replica.sm is None
+    with pytest.raises(ValueError, match="user_config must be"):
+        asyncio.run(replica.reconfigure({"path": str(run)}))
+    asyncio.run(replica.reconfigure({"checkpoint": str(run)}))
+    assert calls == [(str(run), str(ds.root), "cpu")] and replica.sm.version == model_version(run)
+    replica.check_health()
+    asyncio.run(replica.reconfigure({"checkpoint": str(run)}))
+    assert len(calls) == 1 and replica.update_error is None
+    asyncio.run(replica.reconfigure({"checkpoint": str(tmp_path / "missing")}))
+    assert "refused" in replica.update_error and "does not exist" in replica.update_error
+    assert replica.status()["model_version"] == model_version(run)
+    # A first load that fails leaves nothing to serve: the replica fails to start, with the reason.
+    with pytest.raises(CheckpointError, match="does not exist"):
+        asyncio.run(Retriever.func_or_class(str(ds.root), ServeConfig()).reconfigure(
+            {"checkpoint": str(tmp_path / "missing")}))
+
+
+def test_a_deploy_config_can_swap_the_served_checkpoint_without_changing_the_app_args():
+    app = deploy_config("/old", "/data", ranker=True, serving="/new")["applications"][0]
+    assert app["args"]["checkpoint"] == "/old"  # what Serve hashes into the code version: unchanged
+    assert {d["name"]: d["user_config"] for d in app["deployments"]} == {
+        n: {"checkpoint": "/new"} for n in ("Ingress", "Retriever", "Ranker")}

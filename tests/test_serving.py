@@ -15,10 +15,20 @@ from raygr.config import ServeConfig, load_config, replace
 from raygr.data.split import eval_examples, training_item_counts
 from raygr.metrics import popularity_ranking
 from raygr.serving.catalogue import Catalogue
-from raygr.serving.engine import load_serving_model, pad_histories, rank_batch, retrieve_batch
+from raygr.serving.engine import (
+    ModelHealthError,
+    check_ranking,
+    check_retrieval,
+    load_serving_model,
+    pad_histories,
+    poison_weights,
+    rank_batch,
+    retrieve_batch,
+)
 from raygr.serving.pipeline import (
     ServiceInfo,
     load_service,
+    model_version,
     recommend,
     recommend_batch,
     retrieval_width,
@@ -27,6 +37,7 @@ from raygr.serving.pipeline import (
     without_excluded,
 )
 from raygr.serving.request import Limits, RecommendRequest, RequestError, parse_json, parse_request
+from raygr.serving.schema import RecommendResponse, checked_response
 from raygr.training.checkpoint import CheckpointError
 from tests.helpers import tiny_dataset
 from tests.serving_helpers import tiny_checkpoint
@@ -212,6 +223,7 @@ def test_a_batch_makes_one_call_per_stage_and_each_answer_equals_the_request_alo
         return [await rank(h, c) for h, c in zip(histories, candidates)]
 
     answers = run(recommend_batch(reqs, catalogue, INFO, retrieve_many, rank_many))
+    assert all(checked_response(a) == a or "notice" in a for a in answers)  # the documented response model
     assert [c[0] for c in batch_calls] == ["retrieve_many", "rank_many"]
     assert batch_calls[0][1] == [[1, 2], [3], [4, 1, 2, 3, 5]]  # the empty history never reaches a model
     assert answers == [run(recommend(r, catalogue, INFO, retrieve, rank)) for r in reqs]
@@ -350,3 +362,35 @@ def test_metadata_names_model_dataset_catalogue_and_checkpoint(served):
     assert meta["model"] == "joint" and meta["dataset"] == "tiny" and meta["catalogue_size"] == 80
     assert meta["levels"] == 3 and meta["max_history"] == 20 and meta["checkpoint_epoch"] == 0
     assert meta["mode"] == "retrieve_then_rank" and meta["limits"]["max_k"] == K_MAX
+
+
+# -- model version and health probes ----------------------------------------------------------------
+
+def test_the_model_version_is_the_weights_fingerprint(served, tmp_path):
+    import hashlib
+
+    run, info = served["run"], served["info"]
+    weights = run / "checkpoints" / "best" / "model.pt"
+    assert info.model_version == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    assert served["sm"].version == info.model_version == info.metadata(LIMITS)["model_version"]
+    other = tiny_checkpoint(served["ds"], tmp_path / "other", epochs=1)  # other weights, other version
+    assert model_version(other) != info.model_version
+
+
+def test_health_probes_pass_on_a_model_and_fail_on_nan_weights(served):
+    check_retrieval(served["sm"])
+    check_ranking(served["sm"])
+    broken = load_serving_model(str(served["run"]), str(served["ds"].root))  # a copy: the fixture's stays intact
+    poison_weights(broken)
+    for probe in (check_retrieval, check_ranking):
+        with pytest.raises(ModelHealthError, match="probe of checkpoint"):
+            probe(broken)
+
+
+def test_the_response_model_refuses_garbage_answers():
+    answer = {"items": [{"item_id": "a", "score": 0.5}], "model": "joint", "model_version": "0" * 16,
+              "dataset": "toy", "fallback": False, "scored_by": "ranker", "num_candidates": 3, "truncated": False}
+    assert checked_response(answer) == answer
+    for bad in ({"items": [{"item_id": "a", "score": float("nan")}]}, {"scored_by": "magic"}, {"extra": 1}):
+        with pytest.raises(ValueError):
+            RecommendResponse.model_validate({**answer, **bad})

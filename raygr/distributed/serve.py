@@ -24,7 +24,9 @@ offline evaluation. Nothing here runs at import time: ``serve.run`` happens only
 # (``request: Request``) at runtime, and Serve's ingress wrapping hides string annotations from it.
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,39 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
 from ray.serve.handle import DeploymentHandle
 
 from raygr.config import ServeConfig, config_from_dict
-from raygr.serving.engine import BatchStats, Loader, ServingModel, load_serving_model, rank_batch, retrieve_batch
-from raygr.serving.pipeline import Retrieved, load_service, recommend_batch, serves_ranker
+from raygr.data.dataset import load_dataset
+from raygr.serving.catalogue import Catalogue
+from raygr.serving.engine import (
+    BatchStats,
+    Loader,
+    ModelHealthError,
+    ServingModel,
+    check_ranking,
+    check_retrieval,
+    load_serving_model,
+    poison_weights,
+    rank_batch,
+    retrieve_batch,
+)
+from raygr.serving.pipeline import (
+    Retrieved,
+    ServiceInfo,
+    model_version,
+    recommend_batch,
+    serves_ranker,
+    service_info,
+)
 from raygr.serving.request import Limits, RecommendRequest, RequestError, parse_body, read_limited
-from raygr.training.checkpoint import read_checkpoint
+from raygr.serving.schema import (
+    ERROR_RESPONSES,
+    RECOMMEND_BODY_DOC,
+    Health,
+    Metadata,
+    Readiness,
+    RecommendResponse,
+    checked_response,
+)
+from raygr.training.checkpoint import CheckpointError, read_checkpoint
 
 APP_NAME = "raygr"
 IMPORT_PATH = "raygr.distributed.serve:app_builder"
@@ -59,9 +90,17 @@ RETRY_BACKOFF_S = 0.2
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 # Access logs off + max_ongoing_requests=64 took a trivial graph from 34 to 123 req/s here (RAY_NOTES).
 QUIET_LOGS = {"enable_access_log": False}
+READY_TIMEOUT_S = 5.0  # GET /readyz: a stage that has not answered its probe by then is not ready
+TEST_HOOKS_ENV = "RAYGR_SERVE_TEST_HOOKS"  # "1" in a replica's environment enables fault_for_tests
+# The code a replica runs: part of each deployment's pinned code version (see build_app), so that a changed
+# raygr redeploys replicas while a changed checkpoint (user_config) only reconfigures them.
+SOURCES = ("distributed/serve.py", "serving/engine.py", "serving/pipeline.py", "serving/request.py",
+           "serving/catalogue.py", "serving/schema.py")
 
 log = logging.getLogger("ray.serve")
-api = FastAPI(title="raygr", description="generative retrieve-then-rank recommendations")
+api = FastAPI(title="raygr", version="1",
+              description="Generative retrieve-then-rank recommendations. Every answer names the model version "
+                          "(the checkpoint weights' sha256 prefix). Errors are {\"error\": message}.")
 
 
 # Helpers the deployments call are defined above them: Serve pickles the ingress class (by value) when
@@ -88,53 +127,155 @@ async def _with_retries(call: Any) -> Any:
             await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
 
 
+def _checkpoint_of(user_config: Any) -> str:
+    """The checkpoint named by a deployment's ``user_config`` (``{"checkpoint": PATH}``)."""
+    if not isinstance(user_config, dict) or not user_config.get("checkpoint"):
+        raise ValueError(f"user_config must be {{checkpoint: RUN_OR_CHECKPOINT_DIR}}, got {user_config!r}")
+    unknown = sorted(set(user_config) - {"checkpoint"})
+    if unknown:
+        raise ValueError(f"user_config: unknown keys {', '.join(unknown)}; known: checkpoint")
+    return str(user_config["checkpoint"])
+
+
+def _refusal(checkpoint: str, error: BaseException) -> str:
+    return (f"update to checkpoint {checkpoint} refused, still serving the previous model: "
+            f"{type(error).__name__}: {error}")
+
+
+class _ModelReplica:
+    """What Retriever and Ranker share: the model, loaded from the deployment's ``user_config`` and swapped
+    in place by ``reconfigure`` (``serve deploy`` / ``raygr serve --update`` with a new checkpoint).
+
+    The new model is loaded in a thread while the old one keeps answering, probed, and only then swapped in;
+    a checkpoint that fails to load (another dataset, unreadable) or fails the probe is refused and the old
+    model stays. ``check_health`` (Serve calls it every ``health_check_period_s``) runs the probe on the
+    served model, so a replica whose model returns garbage is marked unhealthy and replaced.
+    """
+
+    probe = staticmethod(check_retrieval)  # the health probe of this role
+
+    def __init__(self, dataset_dir: str, serve_cfg: ServeConfig, loader: Loader | None = None):
+        self.dataset_dir, self.device = dataset_dir, _device(serve_cfg)
+        self.loader: Loader = loader or load_serving_model
+        self.sm: ServingModel | None = None  # set by the first reconfigure (Serve calls it before traffic)
+        self.update_error: str | None = None  # why the last update was refused, if it was
+        self.stats = BatchStats()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        checkpoint = _checkpoint_of(user_config)
+        try:
+            if self.sm is not None and model_version(checkpoint) == self.sm.version:
+                self.update_error = None
+                return  # the same weights: nothing to load
+            new = await asyncio.to_thread(self.loader, checkpoint, self.dataset_dir, self.device)
+            self.probe(new)
+        except Exception as e:
+            if self.sm is None:  # nothing to fall back on: the replica fails to start, and says why
+                raise
+            self.update_error = _refusal(checkpoint, e)
+            log.error("%s: %s", type(self).__name__, self.update_error)
+            return
+        old, self.sm, self.update_error = self.sm, new, None
+        log.info("%s now serves %s (model version %s%s)", type(self).__name__, new.info.path, new.version,
+                 f", was {old.version}" if old else "")
+
+    def check_health(self) -> None:
+        if self.sm is None:
+            raise ModelHealthError("no model loaded")
+        self.probe(self.sm)
+
+    def ready(self) -> dict[str, Any]:
+        """The probe, run now (``GET /readyz``): what this replica serves, or the probe's exception."""
+        self.check_health()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        sm = self.sm
+        return {"model_version": sm.version if sm else None, "checkpoint": str(sm.info.path) if sm else None,
+                "update_error": self.update_error}
+
+    def batch_stats(self) -> dict[str, float]:
+        return self.stats.as_dict()
+
+    def fault_for_tests(self) -> str:
+        """Failure drills: poison this replica's weights with NaN (only with RAYGR_SERVE_TEST_HOOKS=1)."""
+        if os.environ.get(TEST_HOOKS_ENV) != "1":
+            raise RuntimeError(f"failure drills are off; set {TEST_HOOKS_ENV}=1 in the replica's environment")
+        poison_weights(self.sm)
+        return "poisoned"
+
+
 @serve.deployment
-class Retriever:
+class Retriever(_ModelReplica):
     """Constrained beam search over the SIDs, one forward pass per batch of requests."""
 
-    def __init__(self, checkpoint: str, dataset_dir: str, serve_cfg: ServeConfig, loader: Loader | None = None):
-        self.sm: ServingModel = (loader or load_serving_model)(checkpoint, dataset_dir, _device(serve_cfg))
+    probe = staticmethod(check_retrieval)
+
+    def __init__(self, dataset_dir: str, serve_cfg: ServeConfig, loader: Loader | None = None):
+        super().__init__(dataset_dir, serve_cfg, loader)
         # The decorator's arguments are fixed at import; the config's values are set per replica.
         self.retrieve.set_max_batch_size(serve_cfg.max_batch_size)
         self.retrieve.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
-        self.stats = BatchStats()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def retrieve(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
         """One request per call; concurrent calls are batched here."""
-        return self.retrieve_many(histories, widths)
+        return self.retrieve_many(histories, widths)[0]
 
-    def retrieve_many(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
-        """A batch formed by the caller (the ingress batches its requests): one call, one forward pass."""
+    def retrieve_many(self, histories: list[list[int]], widths: list[int]) -> tuple[list[Retrieved], str]:
+        """A batch formed by the caller (the ingress batches its requests): one call, one forward pass.
+        Returns the results and the version of the model that computed them."""
+        sm = self.sm  # one model for the whole batch, even if a reconfigure swaps it meanwhile
         self.stats.add(len(histories))
-        return retrieve_batch(self.sm, histories, widths)
-
-    def batch_stats(self) -> dict[str, float]:
-        return self.stats.as_dict()
+        return retrieve_batch(sm, histories, widths), sm.version
 
 
 @serve.deployment
-class Ranker:
+class Ranker(_ModelReplica):
     """The ranker's scores of each request's retrieved candidates, one forward pass per batch."""
 
-    def __init__(self, checkpoint: str, dataset_dir: str, serve_cfg: ServeConfig, loader: Loader | None = None):
-        self.sm: ServingModel = (loader or load_serving_model)(checkpoint, dataset_dir, _device(serve_cfg))
+    probe = staticmethod(check_ranking)
+
+    def __init__(self, dataset_dir: str, serve_cfg: ServeConfig, loader: Loader | None = None):
+        super().__init__(dataset_dir, serve_cfg, loader)
         self.rank.set_max_batch_size(serve_cfg.max_batch_size)
         self.rank.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
-        self.stats = BatchStats()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def rank(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
         """One request per call; concurrent calls are batched here."""
-        return self.rank_many(histories, candidates)
+        return self.rank_many(histories, candidates)[0]
 
-    def rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
-        """A batch formed by the caller: one call, one forward pass."""
+    def rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> tuple[list[list[float]], str]:
+        """A batch formed by the caller: one call, one forward pass; the scores and the model's version."""
+        sm = self.sm
         self.stats.add(len(histories))
-        return rank_batch(self.sm, histories, candidates)
+        return rank_batch(sm, histories, candidates), sm.version
 
-    def batch_stats(self) -> dict[str, float]:
-        return self.stats.as_dict()
+
+async def _stage_ready(handle: DeploymentHandle) -> dict[str, Any]:
+    """One replica of a model stage runs its probe now: {"ok": True, model_version, ...} or the error."""
+    async def ask() -> dict[str, Any]:
+        return await handle.ready.remote()
+
+    try:
+        return {"ok": True, **await asyncio.wait_for(ask(), READY_TIMEOUT_S)}
+    except Exception as e:
+        cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's exception
+        return {"ok": False, "error": f"{type(cause).__name__}: {str(cause)[:300]}"}
+
+
+def _stamp_versions(answers: list[dict[str, Any]], versions: dict[str, str]) -> list[dict[str, Any]]:
+    """Each answer names the version of the model that scored it (the ranker's, or the retriever's when it
+    alone answered); during a rollout, when the retriever already runs another version, that one too."""
+    for answer in answers:
+        if answer["fallback"]:
+            continue  # popularity: no model ran; the ingress's version stands
+        scored = versions.get("ranker") if answer["scored_by"] == "ranker" else versions.get("retriever")
+        answer["model_version"] = scored or answer["model_version"]
+        if versions.get("retriever") not in (None, answer["model_version"]):
+            answer["retriever_version"] = versions["retriever"]
+    return answers
 
 
 @serve.deployment
@@ -142,14 +283,40 @@ class Ranker:
 class Ingress:
     """HTTP front: validates, maps ids, composes Retriever and Ranker; holds no model weights."""
 
-    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, checkpoint: str,
-                 dataset_dir: str, serve_cfg: ServeConfig):
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, dataset_dir: str,
+                 serve_cfg: ServeConfig):
         self.retriever, self.ranker = retriever, ranker
-        self.catalogue, self.info = load_service(checkpoint, dataset_dir)
-        self.limits = Limits.from_config(serve_cfg, self.info.max_history)
+        dataset = load_dataset(Path(dataset_dir))
+        self.catalogue, self.manifest = Catalogue.from_dataset(dataset), dataset.manifest
+        self.serve_cfg = serve_cfg
+        self.info: ServiceInfo | None = None  # set by reconfigure (the checkpoint is in user_config)
+        self.limits: Limits | None = None
+        self.update_error: str | None = None
         self._answer.set_max_batch_size(serve_cfg.max_batch_size)
         self._answer.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         self.in_flight = 0  # /recommend requests inside this replica (one event loop: no lock needed)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The checkpoint's metadata (no weights): preset, max_history, version. Refused like the models'."""
+        checkpoint = _checkpoint_of(user_config)
+        try:
+            info = service_info(checkpoint, self.manifest, self.catalogue)
+            if info.ranker != (self.ranker is not None):
+                raise CheckpointError(f"checkpoint {checkpoint} is a {info.preset} model "
+                                      f"({'with' if info.ranker else 'without'} a ranker), but this application "
+                                      f"was deployed {'with' if self.ranker else 'without'} a Ranker; deploy it "
+                                      "as a new application instead")
+        except Exception as e:
+            if self.info is None:
+                raise
+            self.update_error = _refusal(checkpoint, e)
+            log.error("Ingress: %s", self.update_error)
+            return
+        self.info, self.limits, self.update_error = info, Limits.from_config(self.serve_cfg, info.max_history), None
+
+    def check_health(self) -> None:
+        if self.info is None:
+            raise RuntimeError("no checkpoint configured (user_config.checkpoint)")
 
     # The ingress batches its concurrent requests too: a batch goes to the Retriever in one call, then to
     # the Ranker in one call. On 2 cores one handle call costs more CPU than a request's model compute
@@ -160,22 +327,31 @@ class Ingress:
         return await self._answer_now(reqs)
 
     async def _answer_now(self, reqs: list[RecommendRequest]) -> list[dict[str, Any]]:
-        return await recommend_batch(reqs, self.catalogue, self.info, self._retrieve_many,
-                                     self._rank_many if self.ranker is not None else None)
+        versions: dict[str, str] = {}  # per batch: which model version each stage ran
 
-    async def _retrieve_many(self, histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
-        return await _with_retries(lambda: self.retriever.retrieve_many.remote(histories, widths))
+        async def retrieve_many(histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
+            results, versions["retriever"] = await _with_retries(
+                lambda: self.retriever.retrieve_many.remote(histories, widths))
+            return results
 
-    async def _rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
-        return await _with_retries(lambda: self.ranker.rank_many.remote(histories, candidates))
+        async def rank_many(histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+            scores, versions["ranker"] = await _with_retries(
+                lambda: self.ranker.rank_many.remote(histories, candidates))
+            return scores
 
-    @api.post("/recommend")
+        answers = await recommend_batch(reqs, self.catalogue, self.info, retrieve_many,
+                                        rank_many if self.ranker is not None else None)
+        return _stamp_versions(answers, versions)
+
+    @api.post("/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES,
+              openapi_extra=RECOMMEND_BODY_DOC)
     async def recommend(self, request: Request) -> JSONResponse:
+        limits = self.limits
         try:
             # Size first (from Content-Length, then while streaming), nesting next, JSON last: no body can
             # make the parser fail with anything but a RequestError (4xx).
-            body = await read_limited(request.stream(), request.headers.get("content-length"), self.limits)
-            req = parse_body(body, self.catalogue, self.limits)
+            body = await read_limited(request.stream(), request.headers.get("content-length"), limits)
+            req = parse_body(body, self.catalogue, limits)
         except RequestError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
         self.in_flight += 1
@@ -189,15 +365,37 @@ class Ingress:
                                 status_code=503)
         finally:
             self.in_flight -= 1
-        return JSONResponse(answer)
+        try:
+            return JSONResponse(checked_response(answer))
+        except ValueError as e:  # e.g. NaN scores from a broken replica: its health check will replace it
+            log.error("an answer failed validation: %s", e)
+            return JSONResponse({"error": "the model's answer failed validation (a replica may be unhealthy); "
+                                          "retry shortly"}, status_code=503)
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=Health)
     async def healthz(self) -> dict[str, str]:
+        """Liveness: this ingress replica answers (it checks no model stage; ``/readyz`` does)."""
         return {"status": "ok"}
 
-    @api.get("/metadata")
+    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every stage answers its probe now (a fixed history retrieved, ranked, checked)."""
+        stages: dict[str, dict[str, Any]] = {"ingress": {"ok": True, **self.status()}}
+        for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
+            if handle is not None:
+                stages[name] = await _stage_ready(handle)
+        ready = all(s["ok"] for s in stages.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "stages": stages},
+                            status_code=200 if ready else 503)
+
+    def status(self) -> dict[str, Any]:
+        info = self.info
+        return {"model_version": info.model_version if info else None,
+                "checkpoint": info.checkpoint if info else None, "update_error": self.update_error}
+
+    @api.get("/metadata", response_model=Metadata)
     async def metadata(self) -> dict[str, Any]:
-        return self.info.metadata(self.limits)
+        return {**self.info.metadata(self.limits), "update_error": self.update_error}
 
 
 # -- building the graph -----------------------------------------------------------------------------
@@ -230,9 +428,15 @@ def deployment_options(serve_cfg: ServeConfig, ranker: bool = True) -> dict[str,
 
 
 def build_app(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: ServeConfig | None = None,
-              loader: Loader | None = None) -> serve.Application:
+              loader: Loader | None = None,
+              extra_options: dict[str, dict[str, Any]] | None = None) -> serve.Application:
     """``Ingress.bind(Retriever.bind(...), Ranker.bind(...))`` for a checkpoint and its dataset.
 
+    The checkpoint is each deployment's ``user_config`` (``{"checkpoint": PATH}``), not a constructor
+    argument: deploying the same graph again with another checkpoint (``update_app``, ``serve deploy``)
+    calls ``reconfigure`` on the running replicas, which swap models in place. Each deployment's code version
+    is pinned to its constructor arguments and raygr's serving code, so that only such a change restarts
+    replicas. ``extra_options``: more deployment options by deployment name (tests: health-check periods).
     Paths are made absolute: replicas do not share the caller's working directory.
     """
     serve_cfg = serve_cfg or ServeConfig()
@@ -241,9 +445,37 @@ def build_app(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: ServeC
     ckpt, data = str(info.path), str(Path(dataset_dir).expanduser().resolve())
     with_ranker = serves_ranker(info.config)
     opts = deployment_options(serve_cfg, with_ranker)
-    retriever = Retriever.options(**opts["Retriever"]).bind(ckpt, data, serve_cfg, loader)
-    ranker = Ranker.options(**opts["Ranker"]).bind(ckpt, data, serve_cfg, loader) if with_ranker else None
-    return Ingress.options(**opts["Ingress"]).bind(retriever, ranker, ckpt, data, serve_cfg)
+    for name, extra in (extra_options or {}).items():
+        opts[name] = {**opts[name], **extra}
+    user_config = {"checkpoint": ckpt}
+
+    def configured(deployment: Any, name: str, *args: Any) -> Any:
+        out = deployment.options(**opts[name], user_config=user_config)
+        version = code_version(name, data, dataclasses.asdict(serve_cfg), _qualname(loader), with_ranker,
+                               opts[name].get("ray_actor_options"))
+        try:  # Serve otherwise draws a random code version per serve.run: every update would restart replicas
+            out = out.options(version=version, _internal=True)
+        except (TypeError, ValueError) as e:
+            log.warning("cannot pin the code version of %s (%s): a checkpoint update will restart its replicas",
+                        name, e)
+        return out.bind(*args)
+
+    retriever = configured(Retriever, "Retriever", data, serve_cfg, loader)
+    ranker = configured(Ranker, "Ranker", data, serve_cfg, loader) if with_ranker else None
+    return configured(Ingress, "Ingress", retriever, ranker, data, serve_cfg)
+
+
+def code_version(*parts: Any) -> str:
+    """A deployment's code version: raygr's serving sources and the deployment's constructor arguments."""
+    digest = hashlib.sha256(repr(parts).encode())
+    root = Path(__file__).resolve().parents[1]
+    for name in SOURCES:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _qualname(fn: Any) -> str | None:
+    return None if fn is None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def serve_config_from(values: dict[str, Any] | ServeConfig | None) -> ServeConfig:
@@ -267,8 +499,12 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 
 def deploy_config(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: ServeConfig | None = None, *,
-                  ranker: bool | None = None, name: str = APP_NAME) -> dict[str, Any]:
+                  ranker: bool | None = None, name: str = APP_NAME,
+                  serving: str | Path | None = None) -> dict[str, Any]:
     """A Serve deploy config (``serve deploy``, KubeRay ``RayService.spec.serveConfigV2``).
+
+    ``checkpoint`` goes into the application's args (it decides the graph); ``serving`` (default: the same)
+    is the checkpoint the deployments' ``user_config`` names, which ``serve deploy`` swaps in place.
 
     ``ranker``: whether the graph has a Ranker; None reads it from the checkpoint, which must then be
     readable here (pass it when generating a config for paths that exist only on the cluster).
@@ -278,7 +514,10 @@ def deploy_config(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: Se
     serve_cfg.validate()
     if ranker is None:
         ranker = serves_ranker(read_checkpoint(checkpoint).config)
-    deployments = [{"name": n, **o} for n, o in deployment_options(serve_cfg, ranker).items()]
+    # user_config is what `serve deploy` changes in place: edit the checkpoint there (in each deployment) to
+    # roll out another one without restarting replicas; args.checkpoint decides the graph (Ranker or not).
+    deployments = [{"name": n, **o, "user_config": {"checkpoint": str(serving or checkpoint)}}
+                   for n, o in deployment_options(serve_cfg, ranker).items()]
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": serve_cfg.host, "port": serve_cfg.port},
@@ -292,15 +531,17 @@ def deploy_config(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: Se
 
 
 def write_deploy_config(path: str | Path, checkpoint: str | Path, dataset_dir: str | Path,
-                        serve_cfg: ServeConfig | None = None, *, ranker: bool | None = None) -> Path:
+                        serve_cfg: ServeConfig | None = None, *, ranker: bool | None = None,
+                        serving: str | Path | None = None) -> Path:
     """Write ``deploy_config(...)`` as YAML, with a header saying how it was generated."""
-    cfg = deploy_config(checkpoint, dataset_dir, serve_cfg, ranker=ranker)
+    cfg = deploy_config(checkpoint, dataset_dir, serve_cfg, ranker=ranker, serving=serving)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = ("# Ray Serve deploy config generated by raygr.distributed.serve.write_deploy_config\n"
               "# (`raygr serve --checkpoint CKPT --data DIR [--set serve.x=y] --write-config PATH`).\n"
               "# Regenerate it rather than editing it: build_app and this file share deployment_options.\n"
-              "# Use: `serve deploy PATH` on a running cluster, or as a KubeRay RayService's serveConfigV2.\n")
+              "# Use: `serve deploy PATH` on a running cluster, or as a KubeRay RayService's serveConfigV2.\n"
+              "# A new checkpoint in place: `--checkpoint CKPT --update NEW --write-config PATH`, serve deploy.\n")
     out.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     return out
 
@@ -325,6 +566,49 @@ def run_app(app: serve.Application, serve_cfg: ServeConfig | None = None, *, nam
     log.setLevel(log_level)
     filter_ray_noise()  # Serve may have added handlers just now
     return serve.run(app, name=name, route_prefix=route_prefix, logging_config=logging_config)
+
+
+def update_app(checkpoint: str | Path, dataset_dir: str | Path, serve_cfg: ServeConfig | None = None, *,
+               name: str = APP_NAME, route_prefix: str = "/", loader: Loader | None = None,
+               extra_options: dict[str, dict[str, Any]] | None = None,
+               log_level: str = "INFO") -> dict[str, dict[str, Any]]:
+    """Roll ``checkpoint`` out to the running application ``name``, in place (no replica restarts).
+
+    The same graph is deployed again with the new checkpoint as ``user_config``: Serve calls ``reconfigure``
+    on every replica, which loads the new model while the old one answers, and swaps it in once it passed
+    the probe. ``serve_cfg``, ``loader`` and ``extra_options`` must be the running app's (else Serve restarts
+    the replicas: a rolling update, not a swap). Returns each stage's status after the update; raises
+    ``CheckpointError`` when a stage refused the checkpoint (the old model keeps serving) or when it would
+    change the graph (a preset with a ranker for one without, or back).
+    """
+    info = read_checkpoint(checkpoint)
+    apps = serve.status().applications
+    if name not in apps:
+        raise CheckpointError(f"no Serve application '{name}' is running to update; deploy it first "
+                              f"(running: {', '.join(apps) or 'none'})")
+    has_ranker = "Ranker" in apps[name].deployments
+    if serves_ranker(info.config) != has_ranker:
+        raise CheckpointError(f"checkpoint {info.path} is a {info.config.model.preset} model, but application "
+                              f"'{name}' runs {'with' if has_ranker else 'without'} a Ranker; deploy it as a new "
+                              "application (or shut this one down first)")
+    run_app(build_app(info.path, dataset_dir, serve_cfg, loader, extra_options), serve_cfg, name=name,
+            route_prefix=route_prefix, log_level=log_level)
+    statuses = stage_status(name)
+    want = model_version(info)
+    refused = {stage: s for stage, s in statuses.items() if s["model_version"] != want}
+    if refused:
+        why = "; ".join(f"{stage}: {s['update_error'] or 'serves ' + str(s['model_version'])}"
+                        for stage, s in refused.items())
+        raise CheckpointError(f"checkpoint {info.path} (version {want}) was not rolled out: {why}")
+    return statuses
+
+
+def stage_status(name: str = APP_NAME) -> dict[str, dict[str, Any]]:
+    """What one replica of each deployment of application ``name`` serves (version, checkpoint, update_error)."""
+    out = {}
+    for deployment in serve.status().applications[name].deployments:
+        out[deployment] = serve.get_deployment_handle(deployment, app_name=name).status.remote().result()
+    return out
 
 
 def shutdown() -> None:

@@ -5,6 +5,7 @@
     raygr serve ... --port 8080 --set serve.max_batch_size=64 --set serve.max_replicas=4
     raygr serve ... --address ray://head:10001 --detach      # deploy on a cluster and leave it running
     raygr serve ... --set serve.host=0.0.0.0 --write-config jobs/serve_config.yaml   # for `serve deploy`
+    raygr serve --update runs/joint-v2 --data datasets/beauty --address ray://head:10001   # swap the model
 
     curl -s localhost:8000/recommend -d '{"history": ["12", "7", "431"], "k": 5}'
 """
@@ -21,8 +22,12 @@ DESCRIPTION = __doc__
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", default=None,
                    help="checkpoint directory, or a run directory (its checkpoints/best)")
+    p.add_argument("--update", default=None, metavar="CHECKPOINT",
+                   help="roll this checkpoint out to the running service in place (needs --address or "
+                        "RAY_ADDRESS, and the --data/--set/--config it was deployed with); the old model "
+                        "answers until the new one is loaded")
     p.add_argument("--data", required=True, help="the prepared dataset directory the checkpoint was trained on")
     p.add_argument("--config", default=None, help="YAML config whose serve: section to use (other sections ignored)")
     p.add_argument("--set", action="append", default=[], metavar="serve.KEY=VALUE",
@@ -70,13 +75,25 @@ def serve_command(args: argparse.Namespace) -> int:
 
     cfg = serve_config(args)
     if args.write_config:
+        if not (args.checkpoint or args.update):
+            raise ConfigError("--write-config needs --checkpoint CKPT (and --update NEW for a config that swaps in "
+                              "NEW in place when deployed over one of CKPT)")
         return write_config(args, cfg)
+    if bool(args.checkpoint) == bool(args.update):
+        raise ConfigError("give either --checkpoint CKPT (deploy) or --update CKPT (swap the running service's "
+                          "model)")
+    if args.update and (args.smoke or args.detach):
+        raise ConfigError("--update swaps the model of a running service; --smoke and --detach do not apply")
     # Everything that needs no Ray fails here, before Ray starts: checkpoint, dataset, their match, the port.
-    info = read_checkpoint(args.checkpoint)
+    info = read_checkpoint(args.checkpoint or args.update)
     manifest = read_manifest(args.data)
     check_files(args.data, manifest)
     check_compatible(info, info.config, manifest)
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if args.update:
+        if local:
+            raise ConfigError("--update needs the cluster the service runs on (--address or RAY_ADDRESS)")
+        return update(args, cfg, info)
     if args.detach and local:
         raise ConfigError("--detach needs a cluster (--address or RAY_ADDRESS): a local Ray ends with this command")
     if local:
@@ -111,19 +128,39 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def update(args: argparse.Namespace, cfg: Any, info: Any) -> int:
+    """Swap the running service's model for ``info``'s checkpoint (already checked against --data)."""
+    from raygr.distributed.session import ray_session
+
+    with ray_session(args.address) as where:
+        from raygr.distributed.serve import stage_status, update_app
+
+        before = {stage: s["model_version"] for stage, s in stage_status().items()}
+        start = time.perf_counter()
+        after = update_app(info.path, args.data, cfg, log_level="WARNING")
+        print(f"raygr serve: {where}; model version {', '.join(sorted(set(before.values())))} -> "
+              f"{', '.join(sorted({s['model_version'] for s in after.values()}))} "
+              f"({info.path}, epoch {info.epoch}) in {time.perf_counter() - start:.1f} s", flush=True)
+    return 0
+
+
 def write_config(args: argparse.Namespace, cfg: Any) -> int:
     """Write the deploy config. The paths may exist only on the cluster: then the graph is assumed to have a
-    Ranker (the joint preset), and the command says so."""
+    Ranker (the joint preset), and the command says so. With ``--checkpoint OLD --update NEW`` the application
+    args keep OLD and the deployments' user_config names NEW: `serve deploy` over a service of OLD then swaps
+    models in place (a change of args would restart every replica)."""
     from raygr.distributed.serve import write_deploy_config
     from raygr.training.checkpoint import CheckpointError, read_checkpoint
 
+    graph, serving = args.checkpoint or args.update, args.update or args.checkpoint
     ranker = None
     try:
-        read_checkpoint(args.checkpoint)
+        read_checkpoint(graph)
     except CheckpointError:
         ranker = True
-        print(f"raygr serve: {args.checkpoint} is not readable here; assuming a preset with a ranker (joint)")
-    print(f"wrote {write_deploy_config(args.write_config, args.checkpoint, args.data, cfg, ranker=ranker)}")
+        print(f"raygr serve: {graph} is not readable here; assuming a preset with a ranker (joint)")
+    path = write_deploy_config(args.write_config, graph, args.data, cfg, ranker=ranker, serving=serving)
+    print(f"wrote {path}")
     return 0
 
 

@@ -3,6 +3,7 @@
     sm = load_serving_model("runs/joint", "datasets/beauty")          # the default loader
     retrieved = retrieve_batch(sm, [[3, 7], [5]], widths=[50, 50])  # one (items, scores) per request
     scores = rank_batch(sm, [[3, 7], [5]], [[12, 40], [9, 2, 8]])   # one score list per request
+    check_retrieval(sm); check_ranking(sm)   # health probes: ModelHealthError on NaN scores, bad items
 
 Each request gets exactly what the model gives it alone (``model.retrieve(history, k=width)``):
 histories are left-padded to the model's ``data.max_history`` as in training, and requests of one
@@ -13,6 +14,7 @@ these functions in ``@serve.batch`` and stay thin.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from torch import nn
 from raygr.config import Config
 from raygr.data.dataset import load_dataset
 from raygr.data.split import left_pad
-from raygr.serving.pipeline import Retrieved, serves_ranker
+from raygr.serving.pipeline import Retrieved, model_version, serves_ranker
 from raygr.training.checkpoint import CheckpointInfo, load_model
 
 
@@ -41,6 +43,15 @@ class ServingModel:
     @property
     def max_history(self) -> int:
         return self.cfg.data.max_history
+
+    @property
+    def num_items(self) -> int:
+        return self.info.dataset.num_items
+
+    @property
+    def version(self) -> str:
+        """The weights' fingerprint (``raygr.serving.pipeline.model_version``), named in every answer."""
+        return model_version(self.info)
 
 
 # (checkpoint, dataset_dir, device) -> ServingModel. Deployments take one, so tests can swap it.
@@ -125,3 +136,63 @@ def rank_batch(sm: ServingModel, histories: Sequence[Sequence[int]],
 def _valid(items: list[int], scores: list[float]) -> Retrieved:
     keep = [j for j, i in enumerate(items) if i > 0]
     return [items[j] for j in keep], [scores[j] for j in keep]
+
+
+# -- health probes ----------------------------------------------------------------------------------
+
+# A fixed request each probe runs: the first items of the catalogue as a history, this many results.
+PROBE_HISTORY = 3
+PROBE_WIDTH = 5
+
+
+class ModelHealthError(RuntimeError):
+    """A loaded model answers the health probe with garbage (non-finite scores, items outside the catalogue)."""
+
+
+def probe_history(sm: ServingModel) -> list[int]:
+    return list(range(1, min(PROBE_HISTORY, sm.num_items) + 1))
+
+
+def check_retrieval(sm: ServingModel) -> None:
+    """Retrieve for a fixed history; raise ``ModelHealthError`` unless it gives distinct catalogue items with
+    finite scores."""
+    n = sm.num_items
+    items, scores = retrieve_batch(sm, [probe_history(sm)], [min(PROBE_WIDTH, n)])[0]
+    where = f"retrieval probe of checkpoint {sm.info.path}"
+    if not items:
+        raise ModelHealthError(f"{where}: retrieved no item")
+    outside = [i for i in items if not 1 <= i <= n]
+    if outside:
+        raise ModelHealthError(f"{where}: item indices {outside} outside the catalogue 1..{n}")
+    if len(set(items)) != len(items):
+        raise ModelHealthError(f"{where}: the same item retrieved twice ({items})")
+    _check_finite(scores, where)
+
+
+def check_ranking(sm: ServingModel) -> None:
+    """Rank fixed candidates for a fixed history; raise ``ModelHealthError`` unless every score is finite."""
+    candidates = list(range(1, min(PROBE_WIDTH, sm.num_items) + 1))
+    scores = rank_batch(sm, [probe_history(sm)], [candidates])[0]
+    where = f"ranking probe of checkpoint {sm.info.path}"
+    if len(scores) != len(candidates):
+        raise ModelHealthError(f"{where}: {len(scores)} scores for {len(candidates)} candidates")
+    _check_finite(scores, where)
+
+
+def _check_finite(scores: Sequence[float], where: str) -> None:
+    bad = [s for s in scores if not math.isfinite(s)]
+    if bad:
+        raise ModelHealthError(f"{where}: {len(bad)} of {len(scores)} scores are not finite ({bad[:3]})")
+
+
+@torch.no_grad()
+def poison_weights(sm: ServingModel) -> None:
+    """Failure drills only: every float weight becomes NaN (and the item caches with them), as a corrupted
+    load would leave them. The health probes then fail."""
+    for p in sm.model.parameters():
+        if p.is_floating_point():
+            p.fill_(float("nan"))
+    try:
+        sm.model.refresh()
+    except Exception:  # NaN codebooks may not even give a SID table: the model is broken either way
+        pass

@@ -18,6 +18,7 @@ With ``train.prefix_levels`` in the checkpoint's config the candidates are every
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ from raygr.config import Config
 from raygr.data.dataset import load_dataset
 from raygr.serving.catalogue import Catalogue
 from raygr.serving.request import Limits, RecommendRequest
-from raygr.training.checkpoint import check_compatible, read_checkpoint
+from raygr.training.checkpoint import MODEL_FILE, CheckpointInfo, check_compatible, read_checkpoint
+
+VERSION_CHARS = 16  # hex digits of the weights' sha256 that name a model version in answers
 
 Retrieved = tuple[list[int], list[float]]  # item_idx best first, and their scores
 RetrieveFn = Callable[[list[int], int], Awaitable[Retrieved]]
@@ -49,11 +52,12 @@ class ServiceInfo:
     checkpoint_epoch: int
     ranker: bool  # retrieve-then-rank (True) or retrieval only
     prefix_levels: int = 0  # > 0: the retriever hands over every item under its best SID prefixes
+    model_version: str = ""  # model_version(checkpoint): the first VERSION_CHARS hex digits of sha256(model.pt)
 
     def metadata(self, limits: Limits) -> dict[str, Any]:
         return {"model": self.preset, "dataset": self.dataset, "catalogue_size": self.num_items,
                 "levels": self.levels, "max_history": self.max_history, "checkpoint": self.checkpoint,
-                "checkpoint_epoch": self.checkpoint_epoch,
+                "checkpoint_epoch": self.checkpoint_epoch, "model_version": self.model_version,
                 "mode": "retrieve_then_rank" if self.ranker else "retrieval_only",
                 "prefix_levels": self.prefix_levels,
                 "limits": {"max_k": limits.max_k, "default_candidates": limits.default_candidates,
@@ -69,21 +73,47 @@ def serves_ranker(cfg: Config) -> bool:
     return cfg.model.preset != "sasrec" and cfg.model.loss.ranker > 0
 
 
+_VERSIONS: dict[tuple[str, int, int], str] = {}  # (weights file, size, mtime) -> version: hashed once
+
+
+def model_version(checkpoint: str | Path | CheckpointInfo) -> str:
+    """The version every answer names: the first VERSION_CHARS hex digits of the sha256 of the checkpoint's
+    weights file (``model.pt``). Same weights <=> same version, wherever the checkpoint was copied."""
+    info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint(checkpoint)
+    path = info.path / MODEL_FILE
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERSIONS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _VERSIONS[key] = digest.hexdigest()[:VERSION_CHARS]
+    return _VERSIONS[key]
+
+
 def load_service(checkpoint: str | Path, dataset_dir: str | Path) -> tuple[Catalogue, ServiceInfo]:
     """What the ingress needs (ids, popularity, metadata): read without torch or the model's weights.
 
     Refuses a dataset other than the one the checkpoint was trained on, naming both.
     """
-    info = read_checkpoint(checkpoint)
     dataset = load_dataset(Path(dataset_dir))
-    cfg = info.config
-    check_compatible(info, cfg, dataset.manifest)
     catalogue = Catalogue.from_dataset(dataset)
+    return catalogue, service_info(checkpoint, dataset.manifest, catalogue)
+
+
+def service_info(checkpoint: str | Path, manifest: dict[str, Any], catalogue: Catalogue) -> ServiceInfo:
+    """The ``ServiceInfo`` of a checkpoint served over ``catalogue``; ``CheckpointError`` if it was trained
+    on another dataset (``manifest`` is the served dataset's)."""
+    info = read_checkpoint(checkpoint)
+    cfg = info.config
+    check_compatible(info, cfg, manifest)
     levels = None if cfg.model.preset == "sasrec" else cfg.model.levels
-    return catalogue, ServiceInfo(preset=cfg.model.preset, dataset=catalogue.name, num_items=len(catalogue),
-                                  levels=levels, max_history=cfg.data.max_history, checkpoint=str(info.path),
-                                  checkpoint_epoch=info.epoch, ranker=serves_ranker(cfg),
-                                  prefix_levels=cfg.train.prefix_levels if serves_ranker(cfg) else 0)
+    return ServiceInfo(preset=cfg.model.preset, dataset=catalogue.name, num_items=len(catalogue),
+                       levels=levels, max_history=cfg.data.max_history, checkpoint=str(info.path),
+                       checkpoint_epoch=info.epoch, ranker=serves_ranker(cfg),
+                       prefix_levels=cfg.train.prefix_levels if serves_ranker(cfg) else 0,
+                       model_version=model_version(info))
 
 
 def retrieval_width(req: RecommendRequest, num_items: int) -> int:
@@ -152,7 +182,8 @@ def _answer(req: RecommendRequest, catalogue: Catalogue, info: ServiceInfo, item
             scores: Sequence[float], scored_by: str, num_candidates: int, used: int) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "items": [{"item_id": i, "score": float(s)} for i, s in zip(catalogue.to_ids(items), scores)],
-        "model": info.preset, "dataset": info.dataset, "fallback": scored_by == "popularity",
+        "model": info.preset, "model_version": info.model_version, "dataset": info.dataset,
+        "fallback": scored_by == "popularity",
         "scored_by": scored_by, "num_candidates": num_candidates, "truncated": req.truncated > 0,
     }
     if req.truncated:
