@@ -160,3 +160,16 @@ def test_a_checkpoint_of_another_dataset_is_refused_and_the_old_model_keeps_serv
     status, ready = client.get("/readyz")
     assert status == 200 and all("refused" in s["update_error"] for s in ready["stages"].values()), ready
     assert {s["model_version"] for s in stage_status().values()} == {new}
+
+
+def test_raygr_serve_update_rolls_a_checkpoint_out_from_the_command_line(live, capsys):
+    """`raygr serve --update` on the running cluster (the test's own Ray session). Without the test's extra
+    deployment options Serve restarts the model replicas rather than reconfiguring them: the command still
+    ends with every stage on the new version."""
+    client, cfg, old = live["client"], live["cfg"], model_version(live["old"])
+    assert main(["serve", "--update", str(live["old"]), "--data", str(live["ds"].root), "--address", "auto",
+                 "--port", str(cfg.port), "--set", "serve.min_replicas=1", "--set", "serve.max_replicas=1"]) == 0
+    assert f"-> {old}" in capsys.readouterr().out
+    assert {s["model_version"] for s in stage_status().values()} == {old}
+    status, answer = client.post("/recommend", {"history": live["history"], "k": 3})
+    assert status == 200 and answer["model_version"] == old
