@@ -117,9 +117,13 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
 
 
 def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path | None:
-    """Losses, validation NDCG@10 and code utilisation per level over epochs, as one PNG."""
+    """Losses, validation NDCG@10 and code utilisation per level over epochs, as one PNG; the same curves
+    as TensorBoard event files in the PNG's directory/tensorboard (``raygr.training.tracking``)."""
     if not history:
         return None
+    from raygr.training.tracking import TB_DIR, write_tensorboard
+
+    write_tensorboard(history, Path(path).parent / TB_DIR, title=title)
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in Ray workers
