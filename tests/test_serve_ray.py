@@ -272,6 +272,14 @@ def test_cli_writes_a_deploy_config_and_refuses_non_serve_overrides(tmp_path, ca
     assert "only serve.* overrides" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(tmp_path / "missing"), "--data", "y"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # --checkpoint OLD --update NEW: the app's args keep OLD, every user_config names NEW (in place on deploy).
+    swap = tmp_path / "swap.yaml"
+    assert main(["serve", "--checkpoint", "/old", "--update", "/new", "--data", "/d", "--write-config", str(swap)]) == 0
+    app = yaml.safe_load(swap.read_text())["applications"][0]
+    assert app["args"]["checkpoint"] == "/old" and {d["user_config"]["checkpoint"] for d in app["deployments"]} == {
+        "/new"}
+    assert main(["serve", "--data", "y"]) == 2 and "give either --checkpoint" in capsys.readouterr().err
+    assert main(["serve", "--update", "/x", "--data", "y", "--smoke", "2"]) == 2
 
 
 def test_model_deployments_load_through_an_injected_loader_and_refuse_a_bad_update(tmp_path):
