@@ -164,7 +164,8 @@ class _ModelReplica:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         checkpoint = _checkpoint_of(user_config)
         try:
-            if self.sm is not None and model_version(checkpoint) == self.sm.version:
+            # Hashing the weights and loading them happen in a thread: the old model answers meanwhile.
+            if self.sm is not None and await asyncio.to_thread(model_version, checkpoint) == self.sm.version:
                 self.update_error = None
                 return  # the same weights: nothing to load
             new = await asyncio.to_thread(self.loader, checkpoint, self.dataset_dir, self.device)
@@ -300,7 +301,7 @@ class Ingress:
         """The checkpoint's metadata (no weights): preset, max_history, version. Refused like the models'."""
         checkpoint = _checkpoint_of(user_config)
         try:
-            info = service_info(checkpoint, self.manifest, self.catalogue)
+            info = await asyncio.to_thread(service_info, checkpoint, self.manifest, self.catalogue)
             if info.ranker != (self.ranker is not None):
                 raise CheckpointError(f"checkpoint {checkpoint} is a {info.preset} model "
                                       f"({'with' if info.ranker else 'without'} a ranker), but this application "
