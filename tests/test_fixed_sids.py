@@ -216,3 +216,29 @@ def test_transition_vectors_use_training_pairs_only_and_group_co_bought_items():
     changed[offsets[1:] - 1] = 1 + (changed[offsets[1:] - 1] % 40)
     changed[offsets[1:] - 2] = 1 + (changed[offsets[1:] - 2] + 7) % 40
     assert np.allclose(transition_vectors(offsets, changed, 40, dim=4), transition_vectors(offsets, items, 40, dim=4))
+
+
+def test_a_checkpoint_brings_its_content_sids(tmp_path, monkeypatch):
+    """Loading a content-SID checkpoint takes the SIDs it was trained with from its weights: the k-means is
+    not run again (serving start-up), and the model answers as the one that was saved."""
+    import raygr.training.factory as factory
+    from raygr.training.checkpoint import load_model
+    from tests.serving_helpers import tiny_checkpoint
+
+    ds = tiny_dataset(tmp_path, num_users=200, num_items=60)
+    ds.items.dense = np.random.default_rng(2).normal(size=(ds.num_items, 8)).astype(np.float32)
+    run = tiny_checkpoint(ds, tmp_path / "run", "model.sid_source=content", "model.preset=tiger",
+                          "model.trie_softmax=true", "model.history_item_id=true", "model.generator_layers=1")
+    want = factory.semantic_sids(tiny_config("model.sid_source=content", "model.codes=16"), ds)
+
+    def no_kmeans(*_a, **_k):
+        raise AssertionError("the content SIDs were computed again at load")
+
+    monkeypatch.setattr(factory, "semantic_sids", no_kmeans)
+    model, _, _ = load_model(run / "checkpoints" / "best", ds)
+    assert (model.fixed_codes[1:].numpy() == want).all()
+    model.refresh()
+    assert (model.table.codes[1:].numpy() == want).all()
+    history = torch.randint(1, model.num_items + 1, (3, 5))
+    items, _ = model.retrieve(history, k=5)
+    assert (items > 0).all()

@@ -345,7 +345,10 @@ def load_model(path: str | Path, dataset: Dataset, device: Any = "cpu",
     info = read_checkpoint(path)
     cfg = replace(info.config, overrides) if overrides else info.config
     check_compatible(info, cfg, dataset.manifest)
-    model = build_model(cfg, dataset).to(device)
+    import torch
+
+    fixed = torch.load(info.path / MODEL_FILE, map_location="cpu", weights_only=True).get("fixed_codes")
+    model = build_model(cfg, dataset, sids=None if fixed is None else fixed[1:]).to(device)
     load_model_state(info.path, model, device)
     model.eval()
     return model, cfg, info

@@ -15,7 +15,9 @@ from raygr.models.joint import GenerativeRecommender
 from raygr.models.sasrec import SASRec
 
 
-def build_model(cfg: Config, dataset: Dataset) -> nn.Module:
+def build_model(cfg: Config, dataset: Dataset, sids: torch.Tensor | None = None) -> nn.Module:
+    """``sids`` [N, L]: the fixed SIDs a checkpoint carries (model.sid_source file or content), so loading
+    one for serving or evaluation neither re-reads the SID file nor re-runs the k-means."""
     torch.manual_seed(cfg.train.seed)
     n = dataset.num_items
     if cfg.model.preset == "sasrec":
@@ -25,10 +27,9 @@ def build_model(cfg: Config, dataset: Dataset) -> nn.Module:
     if dataset.items.dense is not None:
         d = torch.from_numpy(dataset.items.dense)
         dense = torch.cat([d.new_zeros(1, d.shape[1]), d])
-    sids = None
-    if cfg.model.sid_source == "file":
+    if sids is None and cfg.model.sid_source == "file":
         sids = torch.from_numpy(fixed_sids(cfg, dataset))
-    elif cfg.model.sid_source == "content":
+    elif sids is None and cfg.model.sid_source == "content":
         sids = torch.from_numpy(semantic_sids(cfg, dataset))
     return GenerativeRecommender(cfg.model, tokens, n, cfg.data.max_history, dense=dense, sids=sids)
 
