@@ -126,10 +126,12 @@ class Sampler(threading.Thread):
 
 
 def object_store_mib() -> float:
+    import ray
     from ray._private.internal_api import memory_summary
 
     try:
-        text = memory_summary(stats_only=True)
+        # This driver's own cluster: without an address Ray picks the newest one on the machine.
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     except Exception:  # the cluster is shutting down
         return 0.0
     m = re.search(r"Plasma memory usage (\d+) MiB", text)
@@ -212,8 +214,13 @@ def main() -> None:
                *(["--stream"] if args.stream else []), *[x for kv in args.set for x in ("--set", kv)]]
         print(f"-- {label(size)}: {' '.join(cmd)}", flush=True)
         log_path = args.data_dir / f"run-{label(size)}{'-streamed' if args.stream else ''}.log"
-        with open(log_path, "w") as log_file:  # Ray's and the workers' lines; stdout carries the result
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        for attempt in range(3):
+            with open(log_path, "w") as log_file:  # Ray's and the workers' lines; stdout carries the result
+                proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True)
+            # On a loaded machine Ray's node start can exceed its fixed 30 s wait: try again.
+            if proc.returncode == 0 or "timed out during startup" not in log_path.read_text():
+                break
+            print(f"Ray's start timed out (attempt {attempt + 1}); trying again", flush=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(proc.stdout[-4000:])
