@@ -173,3 +173,53 @@ def test_raygr_serve_update_rolls_a_checkpoint_out_from_the_command_line(live, c
     assert {s["model_version"] for s in stage_status().values()} == {old}
     status, answer = client.post("/recommend", {"history": live["history"], "k": 3})
     assert status == 200 and answer["model_version"] == old
+
+
+def test_serve_deploy_with_a_new_user_config_swaps_the_model_in_place(live):
+    """The documented `serve deploy` path, through the same REST API the CLI uses: a deploy config from
+    ``deploy_config``, then one that keeps the app args and names the new checkpoint in ``user_config``."""
+    import os
+
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from raygr.distributed.serve import deploy_config
+
+    ds, cfg = live["ds"], live["cfg"]
+    old, new = model_version(live["old"]), model_version(live["new"])
+
+    def declared(serving):
+        out = deploy_config(str(live["old"]), str(ds.root), cfg, ranker=True, name="declared", serving=serving)
+        out["applications"][0]["route_prefix"] = "/declared"  # beside the test's app at /
+        for d in out["applications"][0]["deployments"]:  # room on the 4 logical CPUs beside the test's app
+            d["ray_actor_options"]["num_cpus"] = 0.25
+        return out
+
+    rest = ServeSubmissionClient(os.environ["RAY_API_SERVER_ADDRESS"])
+    client = Client(f"http://127.0.0.1:{cfg.port}")
+    try:
+        rest.deploy_applications(declared(str(live["old"])))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get("/declared/readyz")[0] == 200:
+                    break
+            except TimeoutError:  # the proxy holds a request while the app's replicas start
+                client.close()
+            assert time.monotonic() < deadline, "the declared app did not become ready in 120 s"
+            time.sleep(0.5)
+        assert client.get("/declared/metadata")[1]["model_version"] == old
+        replicas = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith("SERVE_REPLICA::declared#")}
+        rest.deploy_applications(declared(str(live["new"])))
+        seen = []
+        deadline = time.monotonic() + 60
+        while not seen or seen[-1] != (200, new):
+            assert time.monotonic() < deadline, f"not swapped in 60 s: {seen[-3:]}"
+            status, answer = client.post("/declared/recommend", {"history": live["history"], "k": 3})
+            seen.append((status, answer.get("model_version") if status == 200 else answer))
+        assert all(status == 200 for status, _ in seen), seen
+        assert {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::declared#")} == replicas  # in place
+    finally:
+        client.close()
+        serve.delete("declared")
