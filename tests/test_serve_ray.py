@@ -110,13 +110,19 @@ def test_answers_equal_offline_retrieve_then_rank_under_concurrent_load(service)
     from ray import serve
 
     stats = serve.get_deployment_handle("Retriever", app_name=APP_NAME).batch_stats
-    before = stats.remote().result()
+    ranker_stats = serve.get_deployment_handle("Ranker", app_name=APP_NAME).batch_stats
+    before, ranker_before = stats.remote().result(), ranker_stats.remote().result()
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, rows, candidates))
-    after = stats.remote().result()
+    after, ranker_after = stats.remote().result(), ranker_stats.remote().result()
     # The ingress sent concurrent requests in shared calls: fewer Retriever batches than requests.
     assert after["requests"] - before["requests"] == len(rows)
     assert after["batches"] - before["batches"] < len(rows)
+    # One encoding per request: the Retriever encoded every history, the Ranker scored them all from
+    # the Retriever's states and encoded none.
+    assert after["encoded"] - before["encoded"] == len(rows)
+    assert ranker_after["requests"] - ranker_before["requests"] == len(rows)
+    assert ranker_after["encoded"] == ranker_before["encoded"]
     for row, c, (status, answer) in zip(rows, candidates, answers):
         assert status == 200, answer
         ids, scores = offline(model, row, 10, c, ds)

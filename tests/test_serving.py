@@ -24,6 +24,7 @@ from raygr.serving.engine import (
     poison_weights,
     rank_batch,
     retrieve_batch,
+    retrieve_encoded,
 )
 from raygr.serving.pipeline import (
     ServiceInfo,
@@ -216,16 +217,19 @@ def test_a_batch_makes_one_call_per_stage_and_each_answer_equals_the_request_alo
 
     async def retrieve_many(histories, widths):
         batch_calls.append(("retrieve_many", histories, widths))
-        return [await retrieve(h, w) for h, w in zip(histories, widths)]
+        # The "encoded states": one row per history (here its first item), handed on to the ranker.
+        return [await retrieve(h, w) for h, w in zip(histories, widths)], np.array([h[0] for h in histories])
 
-    async def rank_many(histories, candidates):
-        batch_calls.append(("rank_many", histories, candidates))
+    async def rank_many(histories, candidates, states):
+        batch_calls.append(("rank_many", histories, candidates, states))
         return [await rank(h, c) for h, c in zip(histories, candidates)]
 
     answers = run(recommend_batch(reqs, catalogue, INFO, retrieve_many, rank_many))
     assert all(checked_response(a) == a or "notice" in a for a in answers)  # the documented response model
     assert [c[0] for c in batch_calls] == ["retrieve_many", "rank_many"]
     assert batch_calls[0][1] == [[1, 2], [3], [4, 1, 2, 3, 5]]  # the empty history never reaches a model
+    # The ranker gets the retriever's state of each history it ranks, row for row (none encoded twice).
+    assert [h[0] for h in batch_calls[1][1]] == batch_calls[1][3].tolist()
     assert answers == [run(recommend(r, catalogue, INFO, retrieve, rank)) for r in reqs]
     assert answers[1]["fallback"] and answers[3]["truncated"] and len(answers[3]["items"]) == 3
     no_rank = run(recommend_batch(reqs, catalogue, INFO, retrieve_many, None))
@@ -273,6 +277,26 @@ def test_batched_inference_equals_the_models_own_calls(served):
     scores = rank_batch(sm, hist, cands)
     ref = sm.model.rank(pad_histories(hist, sm.max_history), torch.tensor(cands))
     assert np.allclose(scores, ref.tolist(), atol=1e-5)
+
+
+def test_the_ranker_scores_from_the_retrievers_encoding_as_from_the_history(served):
+    """One encoding per request: retrieve_encoded's states give rank_batch the scores it computes by
+    encoding the histories itself, and the retrieval of retrieve_batch."""
+    sm, ds = served["sm"], served["ds"]
+    ex = eval_examples(ds.sequences, "test", sm.max_history)
+    hist = [[int(i) for i in row if i > 0] for row in ex.history[:10]]
+    widths = [20, 7, 20, 33, 20, 7, 20, 20, 7, 20]
+    got, states = retrieve_encoded(sm, hist, widths)
+    assert states.shape == (len(hist), sm.model.history_states(pad_histories(hist[:1], sm.max_history)).shape[-1])
+    ref = retrieve_batch(sm, hist, widths)
+    assert [items for items, _ in got] == [items for items, _ in ref]
+    for (_, scores), (_, ref_scores) in zip(got, ref):
+        assert np.allclose(scores, ref_scores, atol=1e-5)
+    cands = [items[:7] for items, _ in got]
+    assert np.allclose(rank_batch(sm, hist, cands, states=states), rank_batch(sm, hist, cands), atol=1e-5)
+    # The ranker reads the states, not the histories: other histories with these states score the same.
+    assert np.allclose(rank_batch(sm, [[1]] * len(hist), cands, states=states), rank_batch(sm, hist, cands),
+                       atol=1e-5)
 
 
 def local_stages(sm):

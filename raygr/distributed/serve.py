@@ -1,7 +1,8 @@
 """Ray Serve: retrieve-then-rank as one deployment graph, each role batched and autoscaled on its own.
 
-    HTTP -> Ingress (FastAPI: validation, ids, fallback) -> Retriever (batched beam search)
-                                                         -> Ranker    (batched candidate scores)
+    HTTP -> Ingress (FastAPI: validation, ids, fallback) -> Retriever (batched: encode histories, beam search)
+                                                         -> Ranker    (batched candidate scores from the
+                                                                       Retriever's encoded user states)
 
 Batching happens twice: each Ingress replica sends its concurrent requests to a model role as one call
 (``retrieve_many``/``rank_many``), and each model replica batches single-request calls (``retrieve``/``rank``,
@@ -30,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -51,7 +53,7 @@ from raygr.serving.engine import (
     load_serving_model,
     poison_weights,
     rank_batch,
-    retrieve_batch,
+    retrieve_encoded,
 )
 from raygr.serving.pipeline import (
     Retrieved,
@@ -223,12 +225,15 @@ class Retriever(_ModelReplica):
         """One request per call; concurrent calls are batched here."""
         return self.retrieve_many(histories, widths)[0]
 
-    def retrieve_many(self, histories: list[list[int]], widths: list[int]) -> tuple[list[Retrieved], str]:
+    def retrieve_many(self, histories: list[list[int]], widths: list[int]
+                      ) -> tuple[list[Retrieved], np.ndarray | None, str]:
         """A batch formed by the caller (the ingress batches its requests): one call, one forward pass.
-        Returns the results and the version of the model that computed them."""
+        Returns the results, each history's encoded state [B, S] for the Ranker (None without a ranker),
+        and the version of the model that computed them."""
         sm = self.sm  # one model for the whole batch, even if a reconfigure swaps it meanwhile
-        self.stats.add(len(histories))
-        return retrieve_batch(sm, histories, widths), sm.version
+        self.stats.add(len(histories), encoded=len(histories))
+        results, states = retrieve_encoded(sm, histories, widths)
+        return results, states, sm.version
 
 
 @serve.deployment
@@ -247,11 +252,17 @@ class Ranker(_ModelReplica):
         """One request per call; concurrent calls are batched here."""
         return self.rank_many(histories, candidates)[0]
 
-    def rank_many(self, histories: list[list[int]], candidates: list[list[int]]) -> tuple[list[list[float]], str]:
-        """A batch formed by the caller: one call, one forward pass; the scores and the model's version."""
+    def rank_many(self, histories: list[list[int]], candidates: list[list[int]], states: np.ndarray | None = None,
+                  states_version: str | None = None) -> tuple[list[list[float]], str]:
+        """A batch formed by the caller: one call, one forward pass; the scores and the model's version.
+
+        ``states``: the Retriever's encoded histories (``retrieve_many``), used when they come from the
+        weights this replica serves (``states_version``); otherwise (during a rollout, or none given) the
+        histories are encoded here."""
         sm = self.sm
-        self.stats.add(len(histories))
-        return rank_batch(sm, histories, candidates), sm.version
+        use = states if states is not None and states_version == sm.version else None
+        self.stats.add(len(histories), encoded=0 if use is not None else len(histories))
+        return rank_batch(sm, histories, candidates, states=use), sm.version
 
 
 async def _stage_ready(handle: DeploymentHandle) -> dict[str, Any]:
@@ -330,14 +341,16 @@ class Ingress:
     async def _answer_now(self, reqs: list[RecommendRequest]) -> list[dict[str, Any]]:
         versions: dict[str, str] = {}  # per batch: which model version each stage ran
 
-        async def retrieve_many(histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
-            results, versions["retriever"] = await _with_retries(
+        async def retrieve_many(histories: list[list[int]], widths: list[int]) -> tuple[list[Retrieved], Any]:
+            results, states, versions["retriever"] = await _with_retries(
                 lambda: self.retriever.retrieve_many.remote(histories, widths))
-            return results
+            return results, states
 
-        async def rank_many(histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        async def rank_many(histories: list[list[int]], candidates: list[list[int]], states: Any) -> list[list[float]]:
+            # The Retriever's encoding of these histories, and the weights it came from: the Ranker uses it
+            # only if it serves the same weights (else it encodes the histories itself).
             scores, versions["ranker"] = await _with_retries(
-                lambda: self.ranker.rank_many.remote(histories, candidates))
+                lambda: self.ranker.rank_many.remote(histories, candidates, states, versions.get("retriever")))
             return scores
 
         answers = await recommend_batch(reqs, self.catalogue, self.info, retrieve_many,

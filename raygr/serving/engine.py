@@ -3,6 +3,9 @@
     sm = load_serving_model("runs/joint", "datasets/beauty")          # the default loader
     retrieved = retrieve_batch(sm, [[3, 7], [5]], widths=[50, 50])  # one (items, scores) per request
     scores = rank_batch(sm, [[3, 7], [5]], [[12, 40], [9, 2, 8]])   # one score list per request
+    # One encoding per request: retrieval hands the ranker each history's encoded state.
+    retrieved, states = retrieve_encoded(sm, [[3, 7], [5]], widths=[50, 50])   # states [B, S] float32
+    scores = rank_batch(sm, [[3, 7], [5]], [[12, 40], [9, 2, 8]], states=states)  # no second encoding
     check_retrieval(sm); check_ranking(sm)   # health probes: ModelHealthError on NaN scores, bad items
 
 Each request gets exactly what the model gives it alone (``model.retrieve(history, k=width)``):
@@ -65,15 +68,17 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     largest: int = 0
+    encoded: int = 0  # histories this replica ran through the sequence encoder itself
 
-    def add(self, size: int) -> None:
+    def add(self, size: int, encoded: int = 0) -> None:
         self.batches += 1
         self.requests += size
         self.largest = max(self.largest, size)
+        self.encoded += encoded
 
     def as_dict(self) -> dict[str, float]:
         return {"batches": self.batches, "requests": self.requests, "largest": self.largest,
-                "mean": self.requests / max(self.batches, 1)}
+                "mean": self.requests / max(self.batches, 1), "encoded": self.encoded}
 
 
 def load_serving_model(checkpoint: str, dataset_dir: str, device: str = "cpu") -> ServingModel:
@@ -92,18 +97,33 @@ def pad_histories(histories: Sequence[Sequence[int]], width: int) -> torch.Tenso
     return torch.from_numpy(left_pad(offsets, flat, offsets[:-1], offsets[1:], width))
 
 
+def encodes_once(sm: ServingModel) -> bool:
+    """Whether retrieval can hand the ranker its encoding of the histories: a model with a ranker that
+    exposes ``history_states`` (joint, content presets; not sasrec or tiger, which serve no ranker)."""
+    return serves_ranker(sm.cfg) and hasattr(sm.model, "history_states")
+
+
 @torch.no_grad()
-def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths: Sequence[int]) -> list[Retrieved]:
+def encode_batch(sm: ServingModel, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The sequence encoder's states of each history at every position [B, T, S] (S = D, or 2D with
+    ``model.shared_encoder=false``): what retrieval and ranking both read."""
+    return sm.model.history_states(pad_histories(histories, sm.max_history).to(sm.device))
+
+
+@torch.no_grad()
+def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths: Sequence[int],
+                   states: torch.Tensor | None = None) -> list[Retrieved]:
     """Top-``widths[i]`` items for each history, best first; empty slots (small catalogues) left out.
 
     With ``train.prefix_levels`` set in the checkpoint's config, each history gets every item under its
     ``train.num_prefixes`` best SID prefixes instead (at most ``train.max_candidates`` of them, as offline
-    evaluation does), widths unused.
+    evaluation does), widths unused. ``states``: the histories' ``encode_batch`` [B, T, S], if already
+    computed (else the model encodes them).
     """
     t = sm.cfg.train
     if t.prefix_levels > 0 and serves_ranker(sm.cfg):
         hist = pad_histories(histories, sm.max_history).to(sm.device)
-        items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes,
+        items, scores = sm.model.retrieve_prefixes(hist, t.prefix_levels, t.num_prefixes, states=states,
                                                    limit=t.max_candidates)  # [B, C] each
         return [_valid(its, scs) for its, scs in zip(items.tolist(), scores.tolist())]
     out: list[Retrieved | None] = [None] * len(histories)
@@ -112,16 +132,35 @@ def retrieve_batch(sm: ServingModel, histories: Sequence[Sequence[int]], widths:
         by_width[int(w)].append(i)
     for width, rows in by_width.items():
         hist = pad_histories([histories[i] for i in rows], sm.max_history).to(sm.device)  # [b, T]
-        items, scores = sm.model.retrieve(hist, k=width)  # [b, width] each
+        if states is None:
+            items, scores = sm.model.retrieve(hist, k=width)  # [b, width] each
+        else:
+            items, scores = sm.model.retrieve(hist, k=width, states=states[torch.as_tensor(rows)])
         for i, its, scs in zip(rows, items.tolist(), scores.tolist()):
             out[i] = _valid(its, scs)
     return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def rank_batch(sm: ServingModel, histories: Sequence[Sequence[int]],
-               candidates: Sequence[Sequence[int]]) -> list[list[float]]:
-    """The ranker's score for every candidate of every request (same order as given)."""
+def retrieve_encoded(sm: ServingModel, histories: Sequence[Sequence[int]],
+                     widths: Sequence[int]) -> tuple[list[Retrieved], np.ndarray | None]:
+    """``retrieve_batch`` with the histories encoded once for the whole batch, and each history's final
+    state [B, S] float32 (the newest position of ``encode_batch``) for ``rank_batch(..., states=)``: the
+    ranker then scores without encoding the history again. States are None for models without a ranker."""
+    if not encodes_once(sm):
+        return retrieve_batch(sm, histories, widths), None
+    states = encode_batch(sm, histories)  # [B, T, S]
+    return retrieve_batch(sm, histories, widths, states), states[:, -1].float().cpu().numpy()
+
+
+@torch.no_grad()
+def rank_batch(sm: ServingModel, histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]],
+               states: np.ndarray | None = None) -> list[list[float]]:
+    """The ranker's score for every candidate of every request (same order as given).
+
+    ``states``: the histories' final encoded states [B, S] from ``retrieve_encoded`` of the same weights;
+    the histories are then not encoded again (their scores are the same).
+    """
     width = max((len(c) for c in candidates), default=0)
     if width == 0:
         return [[] for _ in candidates]
@@ -129,7 +168,9 @@ def rank_batch(sm: ServingModel, histories: Sequence[Sequence[int]],
     for i, c in enumerate(candidates):
         cand[i, :len(c)] = torch.as_tensor(list(c), dtype=torch.long)
     hist = pad_histories(histories, sm.max_history).to(sm.device)
-    scores = sm.model.rank(hist, cand.to(sm.device)).tolist()  # [B, C]
+    # A copy: arrays from Ray's object store are read-only. [B, 1, S]: the newest position is all rank reads.
+    given = None if states is None else torch.tensor(np.asarray(states))[:, None].to(sm.device)
+    scores = sm.model.rank(hist, cand.to(sm.device), states=given).tolist()  # [B, C]
     return [row[:len(c)] for row, c in zip(scores, candidates)]
 
 

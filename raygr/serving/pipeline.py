@@ -3,10 +3,12 @@
     answers = await recommend_batch(reqs, catalogue, info, retrieve_many, rank_many)   # the ingress
     answer = await recommend(req, catalogue, info, retrieve=retriever_call, rank=ranker_call)
 
-``retrieve_many(histories, widths)`` and ``rank_many(histories, candidates)`` are awaitables over a
-batch: in production one call each to the Retriever and Ranker deployments per batch of requests, in
-tests plain coroutines over a local model. ``recommend`` is the one-request form over per-request
-stages. Without a ranker (``rank=None``: sasrec, tiger) the retrieval order is the answer, as in
+``retrieve_many(histories, widths) -> (retrieved, states)`` and ``rank_many(histories, candidates, states)``
+are awaitables over a batch: in production one call each to the Retriever and Ranker deployments per
+batch of requests, in tests plain coroutines over a local model. ``states`` is what the retriever
+encoded the histories into (one row per history, e.g. a float array [B, S]; None when it hands over
+none): the pipeline passes the rows of the ranked requests on, so each history is encoded once.
+``recommend`` is the one-request form over per-request stages. Without a ranker (``rank=None``: sasrec, tiger) the retrieval order is the answer, as in
 offline evaluation. An empty history gets the most popular training items.
 
 With no ``exclude`` the answer equals ``model.recommend(history, k, candidates)`` offline: retrieve
@@ -33,10 +35,13 @@ from raygr.training.checkpoint import MODEL_FILE, CheckpointInfo, check_compatib
 VERSION_CHARS = 16  # hex digits of the weights' sha256 that name a model version in answers
 
 Retrieved = tuple[list[int], list[float]]  # item_idx best first, and their scores
+# Encoded histories, one row per history of a retrieve_many call (a numpy array [B, S] in production);
+# opaque here, only indexed by a list of rows. None: the retriever hands over no encoding.
+States = Any
 RetrieveFn = Callable[[list[int], int], Awaitable[Retrieved]]
 RankFn = Callable[[list[int], list[int]], Awaitable[list[float]]]
-RetrieveManyFn = Callable[[list[list[int]], list[int]], Awaitable[list[Retrieved]]]
-RankManyFn = Callable[[list[list[int]], list[list[int]]], Awaitable[list[list[float]]]]
+RetrieveManyFn = Callable[[list[list[int]], list[int]], Awaitable[tuple[list[Retrieved], States]]]
+RankManyFn = Callable[[list[list[int]], list[list[int]], States], Awaitable[list[list[float]]]]
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,10 @@ def top_k(items: Sequence[int], scores: Sequence[float], k: int) -> Retrieved:
 async def recommend(req: RecommendRequest, catalogue: Catalogue, info: ServiceInfo, retrieve: RetrieveFn,
                     rank: RankFn | None) -> dict[str, Any]:
     """One request, with per-request stages (tests, notebooks): ``recommend_batch`` of one."""
-    async def retrieve_many(histories: list[list[int]], widths: list[int]) -> list[Retrieved]:
-        return [await retrieve(h, w) for h, w in zip(histories, widths)]
+    async def retrieve_many(histories: list[list[int]], widths: list[int]) -> tuple[list[Retrieved], States]:
+        return [await retrieve(h, w) for h, w in zip(histories, widths)], None
 
-    async def rank_many(histories: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+    async def rank_many(histories: list[list[int]], candidates: list[list[int]], _: States) -> list[list[float]]:
         return [list(await rank(h, c)) for h, c in zip(histories, candidates)]  # type: ignore[misc]
 
     return (await recommend_batch([req], catalogue, info, retrieve_many, rank_many if rank else None))[0]
@@ -148,20 +153,25 @@ async def recommend(req: RecommendRequest, catalogue: Catalogue, info: ServiceIn
 
 async def recommend_batch(reqs: Sequence[RecommendRequest], catalogue: Catalogue, info: ServiceInfo,
                           retrieve_many: RetrieveManyFn, rank_many: RankManyFn | None) -> list[dict[str, Any]]:
-    """Answers for a batch of requests: one ``retrieve_many`` call, then one ``rank_many`` call.
+    """Answers for a batch of requests: one ``retrieve_many`` call, then one ``rank_many`` call, which gets
+    the retriever's encoded states of the requests it ranks (rows of ``states``, in the same order).
 
     Each request's answer is what it would get alone (batching never changes an answer).
     """
     live = [j for j, r in enumerate(reqs) if r.history]  # empty histories get the popularity fallback
     histories = [list(reqs[j].history) for j in live]
-    got = await retrieve_many(histories, [retrieval_width(reqs[j], len(catalogue)) for j in live]) if live else []
+    got: list[Retrieved] = []
+    states: States = None
+    if live:
+        got, states = await retrieve_many(histories, [retrieval_width(reqs[j], len(catalogue)) for j in live])
     # Prefix retrieval's candidates are every item under the best prefixes: none is cut off.
     kept = [without_excluded(items, scores, reqs[j].exclude,
                              len(items) if info.prefix_levels else max(reqs[j].candidates, reqs[j].k))
             for j, (items, scores) in zip(live, got)]
     ranked = [j for j, (items, _) in enumerate(kept) if items] if rank_many is not None else []
     if ranked:
-        scores = await rank_many([histories[j] for j in ranked], [kept[j][0] for j in ranked])
+        scores = await rank_many([histories[j] for j in ranked], [kept[j][0] for j in ranked],
+                                 None if states is None else states[ranked])
         for j, s in zip(ranked, scores):
             kept[j] = (kept[j][0], list(s))
     by_req = dict(zip(live, kept))
