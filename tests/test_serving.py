@@ -84,6 +84,17 @@ def test_catalogue_maps_ids_both_ways_and_lists_unknown_ones_once(catalogue):
     assert catalogue.to_ids([3, 1, 5]) == ["c", "a", "e"]
 
 
+def test_search_matches_every_word_of_titles_or_ids_most_popular_first():
+    cat = Catalogue("toy", ["a", "b", "c", "7", "e"], np.array([0, 5, 9, 9, 1, 0]),
+                    ["Red Lip Gloss", "lip balm", None, "Blue gloss", "Red nail polish"])
+    assert cat.titles[2] == "c"  # no title: the id is shown
+    assert cat.search("LIP") == [("b", "lip balm"), ("a", "Red Lip Gloss")]  # item 2 (9 counts) before 1 (5)
+    assert cat.search("red gloss") == [("a", "Red Lip Gloss")]  # every word
+    assert cat.search("7") == [("7", "Blue gloss")]  # ids match too
+    assert [i for i, _ in cat.search("", limit=2)] == ["b", "c"]  # empty: the most popular
+    assert cat.title("e") == "Red nail polish" and cat.title("nope") is None
+
+
 def test_popularity_fallback_follows_training_counts_and_skips_excluded(catalogue, served):
     assert catalogue.popular(3) == ([2, 3, 1], [9.0, 9.0, 5.0])
     assert catalogue.popular(3, exclude={2}) == ([3, 1, 4], [9.0, 5.0, 1.0])

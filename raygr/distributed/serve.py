@@ -28,14 +28,16 @@ import dataclasses
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.serve import metrics
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -43,6 +45,7 @@ from ray.serve.handle import DeploymentHandle
 from raygr.config import ServeConfig, config_from_dict
 from raygr.data.dataset import load_dataset
 from raygr.serving.catalogue import Catalogue
+from raygr.serving.page import PAGE
 from raygr.serving.engine import (
     BatchStats,
     Loader,
@@ -97,7 +100,8 @@ TEST_HOOKS_ENV = "RAYGR_SERVE_TEST_HOOKS"  # "1" in a replica's environment enab
 # The code a replica runs: part of each deployment's pinned code version (see build_app), so that a changed
 # raygr redeploys replicas while a changed checkpoint (user_config) only reconfigures them.
 SOURCES = ("distributed/serve.py", "serving/engine.py", "serving/pipeline.py", "serving/request.py",
-           "serving/catalogue.py", "serving/schema.py")
+           "serving/catalogue.py", "serving/schema.py", "serving/page.py")
+SEARCH_LIMIT = 100  # GET /search: most items one answer lists
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="raygr", version="1",
@@ -290,6 +294,41 @@ def _stamp_versions(answers: list[dict[str, Any]], versions: dict[str, str]) -> 
     return answers
 
 
+# Latency buckets (ms) of the serving histograms: a 2-core box answers in 20-400 ms, a GPU one in a few.
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+CANDIDATE_BUCKETS = [1, 10, 20, 50, 100, 200, 500, 1000]
+
+
+class ServingMetrics:
+    """The ingress's metrics through Ray Serve's metrics API, exported at every node's Prometheus endpoint
+    (``http://NODE:METRICS_EXPORT_PORT/metrics``, prefixed ``ray_``; Serve adds the deployment, replica and
+    application tags). Created inside the replica (Ray metrics are per process)."""
+
+    def __init__(self) -> None:
+        self.requests = metrics.Counter(
+            "raygr_requests", "POST /recommend requests answered, by HTTP status", tag_keys=("status",))
+        self.latency = metrics.Histogram(
+            "raygr_latency_ms", "milliseconds: a request in the ingress (stage=request), or one batch call to a "
+            "model stage (stage=retrieve, rank)", boundaries=LATENCY_MS, tag_keys=("stage",))
+        self.candidates = metrics.Histogram(
+            "raygr_candidates", "retrieved items ranked per answer (0 for the popularity fallback)",
+            boundaries=CANDIDATE_BUCKETS)
+        self.fallbacks = metrics.Counter("raygr_fallbacks", "answers from the popularity fallback (empty history)")
+        self.batch = metrics.Histogram("raygr_batch_size", "requests per ingress batch sent to the model stages",
+                                       boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+
+    def stage(self, name: str, t0: float) -> None:
+        self.latency.observe(1000 * (time.perf_counter() - t0), tags={"stage": name})
+
+    def answered(self, status: int, t0: float, answer: dict[str, Any] | None = None) -> None:
+        self.requests.inc(tags={"status": str(status)})
+        self.stage("request", t0)
+        if answer is not None:
+            self.candidates.observe(answer["num_candidates"])
+            if answer["fallback"]:
+                self.fallbacks.inc()
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -307,6 +346,7 @@ class Ingress:
         self._answer.set_max_batch_size(serve_cfg.max_batch_size)
         self._answer.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         self.in_flight = 0  # /recommend requests inside this replica (one event loop: no lock needed)
+        self.metrics = ServingMetrics()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The checkpoint's metadata (no weights): preset, max_history, version. Refused like the models'."""
@@ -342,17 +382,22 @@ class Ingress:
         versions: dict[str, str] = {}  # per batch: which model version each stage ran
 
         async def retrieve_many(histories: list[list[int]], widths: list[int]) -> tuple[list[Retrieved], Any]:
+            t0 = time.perf_counter()
             results, states, versions["retriever"] = await _with_retries(
                 lambda: self.retriever.retrieve_many.remote(histories, widths))
+            self.metrics.stage("retrieve", t0)
             return results, states
 
         async def rank_many(histories: list[list[int]], candidates: list[list[int]], states: Any) -> list[list[float]]:
             # The Retriever's encoding of these histories, and the weights it came from: the Ranker uses it
             # only if it serves the same weights (else it encodes the histories itself).
+            t0 = time.perf_counter()
             scores, versions["ranker"] = await _with_retries(
                 lambda: self.ranker.rank_many.remote(histories, candidates, states, versions.get("retriever")))
+            self.metrics.stage("rank", t0)
             return scores
 
+        self.metrics.batch.observe(len(reqs))
         answers = await recommend_batch(reqs, self.catalogue, self.info, retrieve_many,
                                         rank_many if self.ranker is not None else None)
         return _stamp_versions(answers, versions)
@@ -360,6 +405,7 @@ class Ingress:
     @api.post("/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES,
               openapi_extra=RECOMMEND_BODY_DOC)
     async def recommend(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
         limits = self.limits
         try:
             # Size first (from Content-Length, then while streaming), nesting next, JSON last: no body can
@@ -367,6 +413,7 @@ class Ingress:
             body = await read_limited(request.stream(), request.headers.get("content-length"), limits)
             req = parse_body(body, self.catalogue, limits)
         except RequestError as e:
+            self.metrics.answered(e.status, t0)
             return JSONResponse({"error": e.message}, status_code=e.status)
         self.in_flight += 1
         try:
@@ -375,16 +422,37 @@ class Ingress:
             else:
                 answer = await self._answer(req)
         except RETRYABLE as e:
+            self.metrics.answered(503, t0)
             return JSONResponse({"error": f"no model replica could answer ({type(e).__name__}); retry shortly"},
                                 status_code=503)
         finally:
             self.in_flight -= 1
         try:
-            return JSONResponse(checked_response(answer))
+            out = JSONResponse(checked_response(answer))
         except ValueError as e:  # e.g. NaN scores from a broken replica: its health check will replace it
             log.error("an answer failed validation: %s", e)
+            self.metrics.answered(503, t0)
             return JSONResponse({"error": "the model's answer failed validation (a replica may be unhealthy); "
                                           "retry shortly"}, status_code=503)
+        self.metrics.answered(200, t0, answer)
+        return out
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> HTMLResponse:
+        """A page to try the service: search items by title, build a history, see the recommendations."""
+        return HTMLResponse(PAGE)
+
+    @api.get("/search")
+    async def search(self, q: str = Query("", max_length=200, description="words the title or id contains"),
+                     ids: list[str] = Query([], max_length=SEARCH_LIMIT, description="exact item ids to look up"),
+                     limit: int = Query(20, ge=1, le=SEARCH_LIMIT)) -> dict[str, Any]:
+        """Catalogue items by title: ``q`` matches every word in the title or id (the most trained-on items
+        first; empty: the most popular), or ``ids`` looks items up exactly (unknown ids are left out).
+        Answers ``{"items": [{"item_id", "title"}]}``."""
+        if ids:
+            found = [(i, self.catalogue.title(i)) for i in ids]
+            return {"items": [{"item_id": i, "title": t} for i, t in found if t is not None]}
+        return {"items": [{"item_id": i, "title": t} for i, t in self.catalogue.search(q, limit)]}
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> dict[str, str]:
