@@ -458,8 +458,9 @@ def main() -> None:
                 steady = open_loop(service.url, bodies, rate, args.steady_s)
                 phases["steady"] = {"offered_rps": rate, "max_batch_size": 32, **steady.summary(), "loadavg": la}
                 s = phases["steady"]
-                print(f"steady {rate} req/s for {args.steady_s:.0f} s: {s['requests']} requests, 5xx {s['server_5xx']}, "
-                      f"failed {s['failed']}, p50 {s['p50_ms']:.1f} ms p99 {s['p99_ms']:.1f} ms | load {la}", flush=True)
+                print(f"steady {rate} req/s for {args.steady_s:.0f} s: {s['requests']} requests, "
+                      f"5xx {s['server_5xx']}, failed {s['failed']}, p50 {s['p50_ms']:.1f} ms "
+                      f"p99 {s['p99_ms']:.1f} ms | load {la}", flush=True)
 
                 drill_rate = round(0.4 * phases["batched"]["clients_16"]["throughput_rps"], 1)
                 for replicas in (2, 1):

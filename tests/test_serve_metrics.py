@@ -79,7 +79,8 @@ def test_serving_metrics_reach_rays_prometheus_endpoint(ray_cluster, tmp_path):
         assert requests.get("200") == 4 and requests.get("422") == 1, (requests, seen)
         assert sum(v for _, v in samples(text, "ray_raygr_fallbacks_total")) == 1
         # Latency per stage: 4 answered requests (the 422 too: 5), 3 batch calls to each model stage.
-        counts = {re.search(r'stage="(\w+)"', lab).group(1): v for lab, v in samples(text, "ray_raygr_latency_ms_count")}
+        counts = {re.search(r'stage="(\w+)"', lab).group(1): v
+                  for lab, v in samples(text, "ray_raygr_latency_ms_count")}
         assert counts == {"request": 5, "retrieve": 3, "rank": 3}, counts
         assert all('deployment="Ingress"' in lab for lab, _ in samples(text, "ray_raygr_latency_ms_count"))
         # Candidates per answer: 3 ranked answers of 50 (capped by the catalogue) and 1 fallback with 0.

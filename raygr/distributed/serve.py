@@ -30,22 +30,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
-from ray.serve import metrics
 from ray.exceptions import RayActorError
+from ray.serve import metrics
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from raygr.config import ServeConfig, config_from_dict
 from raygr.data.dataset import load_dataset
 from raygr.serving.catalogue import Catalogue
-from raygr.serving.page import PAGE
 from raygr.serving.engine import (
     BatchStats,
     Loader,
@@ -58,6 +57,7 @@ from raygr.serving.engine import (
     rank_batch,
     retrieve_encoded,
 )
+from raygr.serving.page import PAGE
 from raygr.serving.pipeline import (
     Retrieved,
     ServiceInfo,
@@ -102,6 +102,9 @@ TEST_HOOKS_ENV = "RAYGR_SERVE_TEST_HOOKS"  # "1" in a replica's environment enab
 SOURCES = ("distributed/serve.py", "serving/engine.py", "serving/pipeline.py", "serving/request.py",
            "serving/catalogue.py", "serving/schema.py", "serving/page.py")
 SEARCH_LIMIT = 100  # GET /search: most items one answer lists
+SearchQuery = Annotated[str, Query(max_length=200, description="words the title or id contains")]
+SearchIds = Annotated[list[str] | None, Query(max_length=SEARCH_LIMIT, description="exact item ids to look up")]
+SearchLimit = Annotated[int, Query(ge=1, le=SEARCH_LIMIT, description="most items to list")]
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="raygr", version="1",
@@ -443,9 +446,7 @@ class Ingress:
         return HTMLResponse(PAGE)
 
     @api.get("/search")
-    async def search(self, q: str = Query("", max_length=200, description="words the title or id contains"),
-                     ids: list[str] = Query([], max_length=SEARCH_LIMIT, description="exact item ids to look up"),
-                     limit: int = Query(20, ge=1, le=SEARCH_LIMIT)) -> dict[str, Any]:
+    async def search(self, q: SearchQuery = "", ids: SearchIds = None, limit: SearchLimit = 20) -> dict[str, Any]:
         """Catalogue items by title: ``q`` matches every word in the title or id (the most trained-on items
         first; empty: the most popular), or ``ids`` looks items up exactly (unknown ids are left out).
         Answers ``{"items": [{"item_id", "title"}]}``."""

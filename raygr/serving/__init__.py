@@ -6,6 +6,7 @@
     pipeline.py   retrieve-then-rank for one request over two async stages; the response; metadata
     schema.py     the HTTP API's Pydantic models (OpenAPI at /docs); answers are checked against them
     client.py     a stdlib HTTP client and example requests from a test split
+    page.py       the HTML page served at GET / (search by title, build a history, see recommendations)
 
 ``raygr.distributed.serve`` wraps these in Ray Serve deployments; everything here is unit-tested
 without Ray (``tests/test_serving.py``).

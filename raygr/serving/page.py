@@ -14,7 +14,8 @@ PAGE = """<!doctype html>
  .cols { display: flex; gap: 2em; flex-wrap: wrap; } .col { flex: 1; min-width: 20em; }
  input[type=text] { width: 70%; padding: .35em; } button { padding: .35em .8em; cursor: pointer; }
  li { margin: .2em 0; } .id { color: #888; font-size: .85em; } .score { font-variant-numeric: tabular-nums; }
- table { border-collapse: collapse; width: 100%; } td, th { border-bottom: 1px solid #ddd; padding: .3em; text-align: left; }
+ table { border-collapse: collapse; width: 100%; }
+ td, th { border-bottom: 1px solid #ddd; padding: .3em; text-align: left; }
  #error { color: #b00; }
 </style></head>
 <body>
@@ -48,7 +49,8 @@ function li(item, label, act) {
   node.append(span, b); return node;
 }
 function drawHistory() {
-  el("history").replaceChildren(...history.map((it, i) => li(it, "remove", () => { history.splice(i, 1); drawHistory(); })));
+  el("history").replaceChildren(...history.map((it, i) =>
+    li(it, "remove", () => { history.splice(i, 1); drawHistory(); })));
 }
 async function getJSON(url, init) {
   const r = await fetch(url, init); const body = await r.json();
@@ -62,18 +64,22 @@ el("search").onsubmit = async ev => {
     el("found").replaceChildren(...res.items.map(it => li(it, "add", () => { history.push(it); drawHistory(); })));
   } catch (e) { el("error").textContent = e.message; }
 };
-el("clear").onclick = () => { history.length = 0; drawHistory(); el("recs").replaceChildren(); el("info").textContent = ""; };
+el("clear").onclick = () => {
+  history.length = 0; drawHistory(); el("recs").replaceChildren(); el("info").textContent = "";
+};
 el("go").onclick = async () => {
   el("error").textContent = "";
   try {
     const ans = await getJSON("recommend", {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({history: history.map(it => it.item_id), k: Number(el("k").value) || 10})});
     const ids = ans.items.map(it => it.item_id);
-    const titles = ids.length ? (await getJSON("search?" + ids.map(i => "ids=" + encodeURIComponent(i)).join("&"))).items : [];
+    const query = ids.map(i => "ids=" + encodeURIComponent(i)).join("&");
+    const titles = ids.length ? (await getJSON("search?" + query)).items : [];
     const byId = Object.fromEntries(titles.map(t => [t.item_id, t.title]));
     el("recs").replaceChildren(...ans.items.map((it, i) => {
       const tr = document.createElement("tr");
-      for (const text of [String(i + 1), (byId[it.item_id] || it.item_id) + "  (" + it.item_id + ")", it.score.toFixed(4)]) {
+      const name = (byId[it.item_id] || it.item_id) + "  (" + it.item_id + ")";
+      for (const text of [String(i + 1), name, it.score.toFixed(4)]) {
         const td = document.createElement("td"); td.textContent = text; tr.append(td);
       }
       return tr;

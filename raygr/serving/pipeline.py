@@ -8,8 +8,9 @@ are awaitables over a batch: in production one call each to the Retriever and Ra
 batch of requests, in tests plain coroutines over a local model. ``states`` is what the retriever
 encoded the histories into (one row per history, e.g. a float array [B, S]; None when it hands over
 none): the pipeline passes the rows of the ranked requests on, so each history is encoded once.
-``recommend`` is the one-request form over per-request stages. Without a ranker (``rank=None``: sasrec, tiger) the retrieval order is the answer, as in
-offline evaluation. An empty history gets the most popular training items.
+``recommend`` is the one-request form over per-request stages. Without a ranker (``rank=None``:
+sasrec, tiger) the retrieval order is the answer, as in offline evaluation. An empty history gets the
+most popular training items.
 
 With no ``exclude`` the answer equals ``model.recommend(history, k, candidates)`` offline: retrieve
 ``max(candidates, k)`` items, score them with the ranker, keep the top k. Excluded items are
