@@ -167,9 +167,18 @@ def run(cmd: list[str], cluster: Cluster, logfile: Path, step: str, timeout_s: f
 def submit(cluster: Cluster, job_id: str, entrypoint: list[str], logfile: Path, timeout_s: float = 900) -> float:
     """`ray job submit` (waits, streaming the job's log), then the job's recorded status must be SUCCEEDED."""
     t0 = time.perf_counter()
-    run([str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", job_id,
-         "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
-         *entrypoint], cluster, logfile, f"job {job_id}", timeout_s)
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", job_id,
+           "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", *entrypoint]
+    for attempt in range(6):
+        try:
+            run(cmd, cluster, logfile, f"job {job_id}", timeout_s)
+            break
+        except E2EError as e:
+            # The dashboard answers before its job agent is up on a loaded machine; the job was not created,
+            # so the same submission id can be sent again.
+            if "No available agent to submit job" not in str(e) or attempt == 5:
+                raise
+            time.sleep(10)
     status = run([str(BIN / "ray"), "job", "status", "--address", cluster.address, job_id], cluster, logfile,
                  f"job {job_id} status")
     if f"Job '{job_id}' succeeded" not in status:
