@@ -95,11 +95,17 @@ def headless(exe: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=BROWSER_TIMEOUT_S)
 
 
-def test_the_page_runs_in_a_headless_browser(page, tmp_path):
-    exe = browser()
-    if exe is None:
+@pytest.fixture(scope="module")
+def exe():
+    """The browser (module-scoped and named first, so that without one the test skips before deploying)."""
+    found = browser()
+    if found is None:
         pytest.skip(f"no headless browser installed (looked for {', '.join(BROWSERS)} on PATH); "
                     "`apt-get install -y chromium` (as .ci/run does) to run this test")
+    return found
+
+
+def test_the_page_runs_in_a_headless_browser(exe, page, tmp_path):
     url = page["url"] + "/"
     # The DOM after the page's scripts ran: metadata shown, the popular items listed by the first search.
     dom = headless(exe, "--dump-dom", url)
