@@ -316,12 +316,15 @@ def keep_run_horizon(cfg: Config, info: CheckpointInfo) -> Config:
     return replace(cfg, [f"model.schedule.horizon_steps={run_horizon(info, cfg)}"])
 
 
-def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu") -> CheckpointInfo:
-    """Load a checkpoint's weights (and SID table) into ``model``; returns its metadata."""
+def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu",
+                     state: dict[str, Any] | None = None) -> CheckpointInfo:
+    """Load a checkpoint's weights (and SID table) into ``model``; returns its metadata. ``state``: the
+    weights file's contents when the caller has read it already."""
     import torch
 
     info = read_checkpoint(path)
-    state = torch.load(info.path / MODEL_FILE, map_location=device, weights_only=True)
+    if state is None:
+        state = torch.load(info.path / MODEL_FILE, map_location=device, weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # shapes differ although the shape keys agree: say so plainly
@@ -347,9 +350,10 @@ def load_model(path: str | Path, dataset: Dataset, device: Any = "cpu",
     check_compatible(info, cfg, dataset.manifest)
     import torch
 
-    fixed = torch.load(info.path / MODEL_FILE, map_location="cpu", weights_only=True).get("fixed_codes")
-    model = build_model(cfg, dataset, sids=None if fixed is None else fixed[1:]).to(device)
-    load_model_state(info.path, model, device)
+    state = torch.load(info.path / MODEL_FILE, map_location=device, weights_only=True)  # read once
+    fixed = state.get("fixed_codes")
+    model = build_model(cfg, dataset, sids=None if fixed is None else fixed[1:].cpu()).to(device)
+    load_model_state(info.path, model, device, state=state)
     model.eval()
     return model, cfg, info
 
