@@ -167,22 +167,32 @@ def run(cmd: list[str], cluster: Cluster, logfile: Path, step: str, timeout_s: f
 def submit(cluster: Cluster, job_id: str, entrypoint: list[str], logfile: Path, timeout_s: float = 900) -> float:
     """`ray job submit` (waits, streaming the job's log), then the job's recorded status must be SUCCEEDED."""
     t0 = time.perf_counter()
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", job_id,
-           "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", *entrypoint]
+    submission_id = job_id
     for attempt in range(6):
+        cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", submission_id,
+               "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
+               *entrypoint]
         try:
-            run(cmd, cluster, logfile, f"job {job_id}", timeout_s)
+            run(cmd, cluster, logfile, f"job {submission_id}", timeout_s)
             break
         except E2EError as e:
-            # The dashboard answers before its job agent is up on a loaded machine; the job was not created,
-            # so the same submission id can be sent again.
-            if "No available agent to submit job" not in str(e) or attempt == 5:
+            if attempt == 5:
                 raise
-            time.sleep(10)
-    status = run([str(BIN / "ray"), "job", "status", "--address", cluster.address, job_id], cluster, logfile,
-                 f"job {job_id} status")
-    if f"Job '{job_id}' succeeded" not in status:
-        raise E2EError(f"job {job_id} did not succeed (`ray job status` says otherwise); see {logfile}")
+            if "No available agent to submit job" in str(e):
+                # The dashboard answers before its job agent is up on a loaded machine; the job was not
+                # created, so the same submission id can be sent again.
+                time.sleep(10)
+            elif "Failed to download runtime_env file package" in str(e):
+                # Ray reuses an unchanged working_dir package already in the GCS without re-uploading it,
+                # and the previous job's end can delete it before this job's agent downloads it
+                # (ray-project/ray#46625). The failed job keeps its id; a new id re-checks and re-uploads.
+                submission_id = f"{job_id}-retry{attempt + 1}"
+            else:
+                raise
+    status = run([str(BIN / "ray"), "job", "status", "--address", cluster.address, submission_id], cluster,
+                 logfile, f"job {submission_id} status")
+    if f"Job '{submission_id}' succeeded" not in status:
+        raise E2EError(f"job {submission_id} did not succeed (`ray job status` says otherwise); see {logfile}")
     return time.perf_counter() - t0
 
 
