@@ -114,6 +114,9 @@ class ModelConfig:
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
     use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
     ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID
+    # The tokenizer inside the ranker (DIG): the ranker scores a candidate through its SID code vectors, so
+    # the ranking loss reaches the codebooks. false: the candidate's ID embedding alone (an ablation).
+    ranker_codes: bool = True
     # History items enter the sequence encoder as their SID code vectors plus an item-ID embedding
     # (false: SID code vectors only). Items that share a SID prefix stay distinguishable in the history.
     history_item_id: bool = False
@@ -218,6 +221,8 @@ class ModelConfig:
         _check(0 <= self.target_assign_grad <= 1, "model.target_assign_grad", "must be in [0, 1]")
         _check(not self.sid_residual or (self.ranker_item_id and self.history_item_id), "model.sid_residual",
                "needs model.ranker_item_id=true and model.history_item_id=true (the ID paths it starts from)")
+        _check(self.ranker_codes or self.ranker_item_id, "model.ranker_codes",
+               "false leaves the ranker nothing to score a candidate by: set model.ranker_item_id=true")
         _check(not self.tie_item_ids or (self.ranker_item_id and self.history_item_id), "model.tie_item_ids",
                "needs model.ranker_item_id=true and model.history_item_id=true (the two tables it ties)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")

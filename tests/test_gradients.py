@@ -206,3 +206,32 @@ def test_sid_residual_starts_as_an_id_model_and_its_sid_branches_learn(dataset):
         assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0, f"{name} branch gets no gradient"
     # The ranker's SID branches are zero at step 0, so the tokenizer learns from the generator until they grow.
     assert model.quantizer.codebooks.grad.abs().sum() > 0
+
+
+def test_without_the_tokenizer_in_the_ranker_its_loss_leaves_the_item_encoder_alone(dataset):
+    """model.ranker_codes=false (the ablation of DIG's tokenizer-in-ranker): candidates are scored by their
+    ID embedding only; the ranker loss still reaches the item encoder through the history's code vectors,
+    but no longer through the candidates'."""
+    enc_grads = {}
+    for codes in ("true", "false"):
+        cfg = tiny_config("model.preset=joint", f"model.ranker_codes={codes}", "model.history_item_id=true")
+        torch.manual_seed(0)
+        model = build_model(cfg, dataset)
+        initialise(model, cfg, log=lambda s: None)
+        model.train()
+        batch = first_batch(dataset, cfg)
+        items = torch.arange(1, 20)
+        assert torch.equal(model.ranker.item_vectors(torch.zeros(len(items), cfg.model.levels, cfg.model.dim), items),
+                           model.ranker.item_id(items)) == (codes == "false")
+        terms = model.losses(batch, step=0, negatives=items)
+        model.zero_grad(set_to_none=True)
+        terms["ranker"].backward()
+        assert all(p.grad is None for p in model.ranker.item.parameters()) == (codes == "false")
+        enc_grads[codes] = sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None)
+    assert enc_grads["true"] > enc_grads["false"] > 0
+
+
+def test_a_ranker_without_codes_needs_its_id_table():
+    from raygr.config import ConfigError
+    with pytest.raises(ConfigError, match="model.ranker_codes.*model.ranker_item_id=true"):
+        tiny_config("model.ranker_codes=false", "model.ranker_item_id=false")

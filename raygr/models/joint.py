@@ -59,7 +59,7 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
             D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history, cfg.input_norm)
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp, cfg.generator_layers,
                                        cfg.num_heads, cfg.generator_dropout)
-        self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual)
+        self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual, cfg.ranker_codes)
         if cfg.tie_item_ids:  # one table: what the history reads is what the ranker scores
             self.ranker.item_id = self.history_id
         if cfg.sid_residual:  # history items start as their ID embeddings; the SID projection grows in

@@ -11,8 +11,10 @@ from torch import nn
 
 
 class Ranker(nn.Module):
-    def __init__(self, dim: int, levels: int, num_items: int, use_item_id: bool, residual: bool = False):
+    def __init__(self, dim: int, levels: int, num_items: int, use_item_id: bool, residual: bool = False,
+                 use_codes: bool = True):
         super().__init__()
+        self.use_codes = use_codes
         self.user = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.item = nn.Sequential(nn.Linear(levels * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.item_id = nn.Embedding(num_items + 1, dim) if use_item_id else None
@@ -30,6 +32,8 @@ class Ranker(nn.Module):
 
     def item_vectors(self, code_vecs: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """code_vecs: [M, L, D] per-level code vectors; item_idx: [M]. Returns [M, D]."""
+        if not self.use_codes:  # the config requires the ID table then
+            return self.item_id(item_idx)
         v = self.item(code_vecs.flatten(1))
         if self.item_id is not None:
             v = v + self.item_id(item_idx)
