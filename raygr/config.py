@@ -165,6 +165,12 @@ class ModelConfig:
     # (joint, 30% distillation) retrieve-then-rank validation N@10 was at or above the shared encoder's at 7
     # of the 8 epochs compared, test .0460 (docs/results.md, session 13).
     shared_encoder: bool = True
+    # With model.shared_encoder=false, how the generator's encoder reads a history item. shared: the same
+    # input vector as the ranker's (with model.sid_residual, its ID embedding plus a code projection that
+    # starts at zero). own: a code projection of its own, trained from the start as in the tiger preset,
+    # plus the shared item-ID embedding; the code embeddings and the ID table stay shared, so what the
+    # ranker learns about items still reaches the generator through them.
+    generator_inputs: Literal["shared", "own"] = "shared"
     # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
     # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
     generator_mlp: bool = False
@@ -227,6 +233,8 @@ class ModelConfig:
                "needs model.ranker_item_id=true and model.history_item_id=true (the two tables it ties)")
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
+        _check(self.generator_inputs == "shared" or not self.shared_encoder, "model.generator_inputs",
+               "own needs model.shared_encoder=false (one shared encoder reads one input vector per item)")
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
                "is needed with model.sid_source=file and only then (set both, or neither)")
         _check(self.sid_collab_weight >= 0, "model.sid_collab_weight", "must be >= 0 (0 = text vectors alone)")

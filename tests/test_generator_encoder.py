@@ -106,3 +106,34 @@ def test_training_with_encoders_of_their_own_lowers_both_losses(setup):
     for term in ("generator", "ranker"):
         values = [o[term] for o in out]
         assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.1, term
+
+
+def test_own_inputs_each_stage_projects_the_codes_itself_and_both_train_the_tables(setup):
+    cfg, model = model_for(setup, "model.shared_encoder=false", "model.generator_inputs=own",
+                           "model.sid_residual=true")
+    terms = model.losses(batch_of(setup[0], cfg), 0, torch.arange(1, model.num_items + 1))
+    touched = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())  # noqa: E731
+    for term, own, other in (("generator", "gen_item_in", "item_in"), ("ranker", "item_in", "gen_item_in")):
+        model.zero_grad()
+        terms[term].backward(retain_graph=True)
+        assert touched(getattr(model, own)) and not touched(getattr(model, other)), term
+        assert touched(model.history_id), term  # the ID table is what the two stages share
+    assert [id(p) for p in model.shared_parameters()] == [id(model.history_id.weight)]
+    # sid_residual zero-starts the ranker's code projection only: the generator reads the codes at step 0.
+    assert model.item_in.weight.abs().sum() == 0 and model.gen_item_in.weight.abs().sum() > 0
+    model.eval()
+    model.refresh()
+    history = torch.randint(1, model.num_items + 1, (4, 6))
+    ranker_h, gen_h = model.split_states(model.history_states(history))
+    x = model._item_inputs[history]  # [B, T, 2D]
+    assert x.shape[-1] == 2 * cfg.model.dim
+    assert torch.allclose(ranker_h, model.seq(x[..., :cfg.model.dim], history == 0), atol=1e-6)
+    assert torch.allclose(gen_h, model.gen_seq(x[..., cfg.model.dim:], history == 0), atol=1e-6)
+    top, _ = model.recommend(history, k=5, num_candidates=10)
+    assert top.shape == (4, 5)
+
+
+def test_own_inputs_need_encoders_of_their_own():
+    from raygr.config import ConfigError
+    with pytest.raises(ConfigError, match="model.generator_inputs.*shared_encoder=false"):
+        tiny_config("model.generator_inputs=own")

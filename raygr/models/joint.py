@@ -57,6 +57,9 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         # vectors (code embeddings, item-ID table), and the ranker teaches the generator by distillation.
         self.gen_seq = None if cfg.shared_encoder else SequenceEncoder(
             D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history, cfg.input_norm)
+        # model.generator_inputs=own: the generator's encoder reads codes + ID through a projection of its
+        # own; history_inputs then returns [M, 2D], the ranker's input vectors then the generator's.
+        self.gen_item_in = nn.Linear(L * D, D) if cfg.generator_inputs == "own" else None
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp, cfg.generator_layers,
                                        cfg.num_heads, cfg.generator_dropout)
         self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual, cfg.ranker_codes)
@@ -143,8 +146,21 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
 
     def history_inputs(self, code_vecs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """code_vecs: [M, L, D] of items ids [M] -> their input vectors to the sequence encoder [M, D]."""
-        x = self.item_in(code_vecs.flatten(1))
-        return x + self.history_id(ids) if self.history_id is not None else x
+        flat = code_vecs.flatten(1)
+        idv = self.history_id(ids) if self.history_id is not None else None
+        x = self.item_in(flat) if idv is None else self.item_in(flat) + idv
+        if self.gen_item_in is None:
+            return x
+        xg = self.gen_item_in(flat) if idv is None else self.gen_item_in(flat) + idv
+        return torch.cat([x, xg], -1)  # [M, 2D]
+
+    def encode_inputs(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """History input vectors x [B, T, D or 2D] -> (the ranker's, the generator's) states [B, T, D]."""
+        D = self.cfg.dim
+        H = self.seq(x[..., :D], pad)
+        if self.gen_seq is None:
+            return H, H
+        return H, self.gen_seq(x[..., D:] if self.gen_item_in is not None else x, pad)
 
     def forward(self, batch, step: int, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.losses(batch, step, negatives)  # so DDP wraps the loss computation
@@ -232,9 +248,10 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         self.trie = Trie.from_table(self.table).to(dev)
         self._prefix_cache = {}
         ids = torch.arange(1, self.num_items + 1, device=dev)
-        pad = vecs.new_zeros(1, vecs.shape[-1])
-        self._item_inputs = torch.cat([pad, self.history_inputs(vecs, ids)])
-        self._rank_vecs = torch.cat([pad, self.ranker.item_vectors(vecs, ids)])
+        x = self.history_inputs(vecs, ids)  # [N, D or 2D]
+        self._item_inputs = torch.cat([x.new_zeros(1, x.shape[-1]), x])
+        r = self.ranker.item_vectors(vecs, ids)
+        self._rank_vecs = torch.cat([r.new_zeros(1, r.shape[-1]), r])
 
     def _ready(self) -> None:
         if self._item_inputs is None or self.trie is None:
@@ -248,9 +265,8 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         """history: [B, T] left-padded -> the sequence encoder's state at every position [B, T, D]; with a
         generator encoder of its own (model.shared_encoder=false) [B, T, 2D], the ranker's then the generator's."""
         self._ready()
-        x, pad = self._item_inputs[history], history == 0
-        H = self.seq(x, pad)
-        return H if self.gen_seq is None else torch.cat([H, self.gen_seq(x, pad)], -1)
+        H, Hg = self.encode_inputs(self._item_inputs[history], history == 0)
+        return H if self.gen_seq is None else torch.cat([H, Hg], -1)
 
     def split_states(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``history_states`` [..., D or 2D] -> (the ranker's, the generator's) [..., D] each."""
@@ -264,6 +280,8 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         encoder's last block, or with encoders of their own the history's input projection."""
         if self.gen_seq is None:
             return self.seq.shared_parameters()
+        if self.gen_item_in is not None:  # each stage projects the codes itself: they share the tables
+            return [self.history_id.weight] if self.history_id is not None else [self.quantizer.codebooks]
         return list(self.item_in.parameters())
 
     # Retrieval and ranking take ``states``, the history's ``history_states`` [B, T, D], so a caller that

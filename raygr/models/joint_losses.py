@@ -95,12 +95,11 @@ class JointLosses:
         neg_rows = inverse[n_in + n_tgt:]
         z, qo = self.quantize_items(ids, step)
 
-        x_items = self.history_inputs(qo.code_vecs, ids)  # [M, D]
+        x_items = self.history_inputs(qo.code_vecs, ids)  # [M, D or 2D]
         x = x_items.new_zeros(*inp.shape, x_items.shape[1])
         x[has_in] = x_items[in_rows]
-        H = self.seq(x, ~has_in)  # [B, T, D]
+        H, Hg = self.encode_inputs(x, ~has_in)  # [B, T, D] each: the ranker's, what the generator reads
         h = H[has_tgt]  # [P, D] states that have a next item
-        Hg = H if self.gen_seq is None else self.gen_seq(x, ~has_in)  # [B, T, D] what the generator reads
 
         terms: dict[str, torch.Tensor] = {}
         teacher: list[torch.Tensor] | None = None
