@@ -5,7 +5,7 @@
 
 This is what a user does on a cluster (docs/cluster.md), done here against a single-node cluster
 started with `ray start`: the same CLI commands, a separate Ray instance reached over the job API
-(HTTP), the code shipped with --working-dir, and the app deployed from a generated config. The test
+(HTTP), the code shipped with --working-dir (a copy per job, see stage_package), and the app deployed from a generated config. The test
 suite runs it too (tests/test_cluster_e2e.py), on tinier settings.
 
 The cluster gets its own free ports for everything, so it can run beside another Ray on the same
@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,28 +165,47 @@ def run(cmd: list[str], cluster: Cluster, logfile: Path, step: str, timeout_s: f
     return done.stdout
 
 
+def stage_package(workdir: Path, submission_id: str) -> Path:
+    """A copy of the code a job needs (raygr/, jobs/) with a file naming the submission: the job's working_dir.
+
+    Ray names an uploaded working_dir by the hash of its files and skips the upload when a package of that
+    name is registered, even one the previous job's end is about to delete (ray-project/ray#46625): a
+    second job from an unchanged checkout can then start without its code. A package per submission
+    always uploads, and its job holds the reference for as long as it runs.
+    """
+    pkg = workdir / "packages" / submission_id
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("raygr", "jobs"):
+        shutil.copytree(ROOT / part, pkg / part, ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", pkg / "pyproject.toml")
+    (pkg / "SUBMISSION").write_text(f"{submission_id} {time.time_ns()}\n")
+    return pkg
+
+
 def submit(cluster: Cluster, job_id: str, entrypoint: list[str], logfile: Path, timeout_s: float = 900) -> float:
     """`ray job submit` (waits, streaming the job's log), then the job's recorded status must be SUCCEEDED."""
     t0 = time.perf_counter()
     submission_id = job_id
-    for attempt in range(6):
+    for attempt in range(4):
+        pkg = stage_package(logfile.parent, submission_id)
         cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.address, "--submission-id", submission_id,
-               "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
+               "--working-dir", str(pkg), "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--",
                *entrypoint]
         try:
             run(cmd, cluster, logfile, f"job {submission_id}", timeout_s)
             break
         except E2EError as e:
-            if attempt == 5:
+            if attempt == 3:
                 raise
             if "No available agent to submit job" in str(e):
                 # The dashboard answers before its job agent is up on a loaded machine; the job was not
                 # created, so the same submission id can be sent again.
                 time.sleep(10)
             elif "Failed to download runtime_env file package" in str(e):
-                # Ray reuses an unchanged working_dir package already in the GCS without re-uploading it,
-                # and the previous job's end can delete it before this job's agent downloads it
-                # (ray-project/ray#46625). The failed job keeps its id; a new id re-checks and re-uploads.
+                # Should not happen with a package per submission; if the GCS lost it anyway, a new id
+                # gets a new package.
                 submission_id = f"{job_id}-retry{attempt + 1}"
             else:
                 raise

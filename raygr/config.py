@@ -144,6 +144,11 @@ class ModelConfig:
     # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.
     sid_file: str | None = None
     codes: int = 256  # codes per level K
+    # With the learned tokenizer (model.sid_source=tokenizer, joint preset): when exploration ends at the
+    # horizon, every item's noise-free SID becomes fixed for the rest of the run and the item encoder
+    # stops training; the codebooks go on as code embeddings. The generator's targets then never move
+    # again (without it they drift with every update of the encoder), and a checkpoint carries its SIDs.
+    fix_sids_at_horizon: bool = True
     max_suffix: int = 16  # collision suffix slots (items sharing one full SID)
     # kmeans: residual k-means over every item's encoder vector before step 0; batch: codes seeded from
     # one random batch of items, no k-means iterations (for catalogues too large for k-means).

@@ -77,6 +77,7 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         # (step, code vectors [N+1, L, D], codes [N+1, L]) every negative_codes_every steps
         self._neg_codes: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.tokenizer_frozen = False
+        self.frozen_by_fix: list[nn.Parameter] = []  # see adopt_sids
         # [N+1, L], row 0 = padding; a buffer, so a checkpoint carries the SIDs it was trained with
         self.register_buffer("fixed_codes", None if sids is None else torch.cat([sids.new_zeros(1, L), sids]).long())
         # model.node_embeddings: an output embedding per trie node (SID prefix) at depths 1..L, added to its
@@ -121,6 +122,20 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         # the tokenizer's centroids, frozen with it.
         self.quantizer.requires_grad_(self.sids_fixed)
         self.quantizer.sdud_scale.requires_grad_(False)
+
+    @torch.no_grad()
+    def adopt_sids(self, codes: torch.Tensor) -> None:
+        """Make ``codes`` [N, L] the items' fixed SIDs from now on (model.fix_sids_at_horizon, or a checkpoint
+        saved after it): the model then behaves as with model.sid_source=file, tokenizer frozen."""
+        codes = codes.to(self.quantizer.codebooks.device).long()
+        self.fixed_codes = torch.cat([codes.new_zeros(1, codes.shape[1]), codes])
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        self.freeze_tokenizer()
+        # The optimizer of the run keeps these (they get no gradient now): a resume, which adopts the SIDs
+        # before it builds its optimizer, must build the same parameter groups as the run's start did.
+        self.frozen_by_fix = [p for p in trainable if not p.requires_grad]
+        self._neg_codes = None
+        self.refresh()
 
     def fixed_quantize(self, ids: torch.Tensor) -> QuantizerOutput:
         """The file's codes for items ``ids`` [M], as a quantizer output (one-hot assignment, no losses)."""

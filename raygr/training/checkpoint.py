@@ -325,6 +325,10 @@ def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu",
     info = read_checkpoint(path)
     if state is None:
         state = torch.load(info.path / MODEL_FILE, map_location=device, weights_only=True)
+    fixed = state.get("fixed_codes")
+    if fixed is not None and getattr(model, "fixed_codes", False) is None:
+        # Saved after model.fix_sids_at_horizon: the run's SIDs are fixed from here on, as they were then.
+        model.adopt_sids(fixed[1:])
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # shapes differ although the shape keys agree: say so plainly

@@ -74,7 +74,8 @@ class TrainContext:
         core = core or model
         total = max(1, steps_per_epoch * cfg.train.epochs)
         cfg = resolve_horizon(cfg, total)
-        params = [p for p in model.parameters() if p.requires_grad]
+        kept = {id(p) for p in getattr(core, "frozen_by_fix", ())}  # SIDs fixed at the horizon (adopt_sids)
+        params = [p for p in model.parameters() if p.requires_grad or id(p) in kept]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         shared = getattr(core, "shared_parameters", core.seq.shared_parameters)()
         m = cfg.model
@@ -163,6 +164,17 @@ def maybe_revive_codes(ctx: TrainContext, step: int) -> int:
     return q.revive_dead_codes(z, step, every, seed)
 
 
+def maybe_fix_sids(ctx: TrainContext, step: int) -> bool:
+    """At the exploration horizon (model.fix_sids_at_horizon), fix every item's noise-free SID for the rest of
+    the run. A pure function of the parameters, so every DDP replica fixes the same SIDs."""
+    core, m = ctx.core, ctx.cfg.model
+    if (not m.fix_sids_at_horizon or not isinstance(core, GenerativeRecommender) or core.sids_fixed
+            or core.tokenizer_frozen or step + 1 < m.schedule.horizon_steps):
+        return False
+    core.adopt_sids(core.item_codes()[0])
+    return True
+
+
 def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str], None] = print) -> None:
     """TIGER's first stage: train encoder + quantizer on item content alone (reconstruction, VQ)."""
     dev = model.quantizer.codebooks.device
@@ -222,9 +234,11 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     ctx.optimizer.step()
     mined = ctx.miner.maybe_mine(ctx.core, batch, step)
     revived = maybe_revive_codes(ctx, step)
+    sigma = sigma_in_force(ctx.core)  # this step's, before a fix at the horizon makes it 0
+    maybe_fix_sids(ctx, step)
     out = {k: float(v.detach()) for k, v in terms.items()}
     out.update(loss=float(total.detach()), lr=lr, tau=temperature(cfg.model.schedule, step),
-               sigma=sigma_in_force(ctx.core), mined=mined, revived=revived)
+               sigma=sigma, mined=mined, revived=revived)
     if "ranker" in weights:
         out["w_ranker"] = weights["ranker"]
         out["w_generator"] = weights["generator"]

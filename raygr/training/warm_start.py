@@ -74,6 +74,12 @@ def warm_start(model: nn.Module, path: str | Path, log: Callable[[str], None] = 
     with torch.no_grad():
         for mine, theirs in plan.items():
             target[mine].copy_(saved[theirs])  # state_dict tensors share storage with the parameters
+    fixed = saved.get("fixed_codes")
+    if fixed is not None and getattr(model, "fixed_codes", False) is None:
+        # Its SIDs were fixed at its horizon (model.fix_sids_at_horizon) and its codebooks have been the code
+        # embeddings of those SIDs since: they start this run only together.
+        model.adopt_sids(fixed[1:])
+        log(f"warm start: the SIDs fixed in {info.path} stay fixed")
     tables = sorted(n for n in plan if not n.startswith("seq."))
     log(f"warm start from {info.path} ({info.config.model.preset}, epoch {info.epoch}): "
         f"{len(plan)} tensors, the sequence encoder and {', '.join(tables) or 'no other table'}")
