@@ -5,8 +5,8 @@
 
 This is what a user does on a cluster (docs/cluster.md), done here against a single-node cluster
 started with `ray start`: the same CLI commands, a separate Ray instance reached over the job API
-(HTTP), the code shipped with --working-dir (a copy per job, see stage_package), and the app deployed from a generated config. The test
-suite runs it too (tests/test_cluster_e2e.py), on tinier settings.
+(HTTP), the code shipped with --working-dir (a copy per job, see stage_package), and the app deployed
+from a generated config. The test suite runs it too (tests/test_cluster_e2e.py), on tinier settings.
 
 The cluster gets its own free ports for everything, so it can run beside another Ray on the same
 machine (the test suite's), and it is stopped by signalling its `ray start --block` process, which

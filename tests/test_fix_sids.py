@@ -40,7 +40,7 @@ def test_sids_are_fixed_at_the_horizon_and_never_move_after_it(dataset):
     fixed_at = [s[0] for s in seen].index(True)
     assert fixed_at == HORIZON - 1  # after the step that ends exploration
     codes_then = seen[fixed_at][1]
-    for is_fixed, codes, enc, books in seen[fixed_at + 1:]:
+    for is_fixed, codes, enc, _books in seen[fixed_at + 1:]:
         assert is_fixed and torch.equal(codes, codes_then)
         assert torch.equal(enc, seen[fixed_at][2])  # the item encoder stopped training
     assert not torch.equal(seen[-1][3], seen[fixed_at][3])  # the code embeddings go on learning
