@@ -293,6 +293,15 @@ class TrainConfig:
     # A checkpoint or run directory on the same data whose sequence encoder and item-ID tables start a new
     # run (weights only). A sasrec run starts the joint model as that SASRec. Unused when a run resumes.
     init_from: str | None = None
+    # Where a run's per-epoch records also go. TensorBoard event files (RUN_DIR/tensorboard; a search's
+    # trials under OUTPUT/ray/search/trial-*) are written either way when TensorBoard is installed;
+    # mlflow also logs each run (each Tune trial) to MLflow: the flattened config as params, the epochs'
+    # numbers with step=epoch, and a train run's test metrics. Needs ``pip install 'raygr[tracking]'``.
+    tracking: Literal["tensorboard", "mlflow"] = "tensorboard"
+    # With train.tracking=mlflow: the MLflow tracking URI (a server, sqlite:///..., file:/...); unset = a
+    # local file store in the run's (the search's) directory, RUN_DIR/mlruns (OUTPUT/mlruns).
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "raygr"  # with train.tracking=mlflow: the MLflow experiment the runs go to
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -309,6 +318,9 @@ class TrainConfig:
                "must be 0 (no limit) or at least 20, the longest list evaluated")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(bool(self.mlflow_experiment.strip()), "train.mlflow_experiment", "must not be empty")
+        _check(self.mlflow_uri is None or bool(self.mlflow_uri.strip()), "train.mlflow_uri",
+               "must not be empty (leave it unset for RUN_DIR/mlruns)")
 
 
 @dataclass(frozen=True)

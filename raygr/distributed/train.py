@@ -85,6 +85,8 @@ from raygr.training.loop import (
     initialise,
     summarise,
 )
+from raygr.training.mlflow_tracking import log_run as log_mlflow_run
+from raygr.training.mlflow_tracking import require_mlflow
 from raygr.training.report import (
     evaluate_checkpoint,
     hardware,
@@ -445,6 +447,7 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     """
     start = time.perf_counter()
     quiet_env()
+    require_mlflow(cfg)  # train.tracking=mlflow without MLflow: ConfigError before anything else
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)  # DatasetError before anything else happens
     check_files(dataset_dir, manifest)
@@ -496,6 +499,8 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     write_metrics(run / "metrics.json", metrics)
     plot_learning_curve(state.history, run / "learning_curve.png",
                         title=f"{cfg.model.preset} on {info.dataset.name}")
+    if cfg.train.tracking == "mlflow":
+        log_mlflow_run(cfg, run, state.history, metrics, log=log)
     log(results_table(metrics))
     log(f"wrote {run / 'metrics.json'}, {run / 'learning_curve.png'}, checkpoints in {run / CHECKPOINTS}")
     return metrics

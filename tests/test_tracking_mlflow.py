@@ -1,0 +1,129 @@
+"""MLflow tracking (train.tracking=mlflow): a run's resolved config, per-epoch numbers (step = epoch, the
+TensorBoard tags as valid MLflow keys) and test metrics, read back with MLflow's own client; a re-run on the
+same directory replaces its MLflow run; without MLflow the run stops before anything starts, naming the
+key and the pip command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from raygr.cli import main
+from raygr.config import ConfigError
+from raygr.training.checkpoint import latest_checkpoint
+from raygr.training.mlflow_tracking import MISSING, config_params, log_run, metric_key, require_mlflow
+from tests.helpers import quiet, tiny_config
+
+CFG = ["model.preset=sasrec", "model.dim=16", "data.num_eval_users=60", "train.num_workers=1",
+       "train.patience=10", "train.epochs=2", "train.tracking=mlflow"]
+HISTORY = [{"epoch": e, "train": {"loss": 2.0 / e, "tau": 1.0 / e, "sigma": 0.5 / e},
+            "valid": {"ndcg@10": 0.1 * e, "retrieval_only": {"ndcg@10": 0.05 * e}},
+            "codebook": {"utilization": [0.9, 0.8 + 0.05 * e], "collision_rate": 0.1}, "samples_per_s": 10.0 * e}
+           for e in (1, 2)]
+
+
+def client_for(root):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=(root / "mlruns").resolve().as_uri())
+
+
+def active_runs(client, experiment="raygr"):
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def history_of(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_metric_keys_are_valid_mlflow_names():
+    assert metric_key("valid/ndcg@10") == "valid/ndcg_at_10"
+    assert metric_key("valid/retrieval_only/recall@20") == "valid/retrieval_only/recall_at_20"
+    assert metric_key("codebook/utilization/level0") == "codebook/utilization/level0"
+    assert metric_key("a:b|c") == "a_b_c"
+
+
+def test_a_bad_tracking_value_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"train\.tracking.*'wandb'.*tensorboard, mlflow"):
+        tiny_config("train.tracking=wandb")
+    with pytest.raises(ConfigError, match=r"train\.mlflow_experiment"):
+        tiny_config("train.mlflow_experiment= ")
+
+
+def test_log_run_writes_params_per_epoch_metrics_and_test_metrics(tmp_path):
+    pytest.importorskip("mlflow")
+    cfg = tiny_config(*CFG)
+    run_id = log_run(cfg, tmp_path, HISTORY, {"test": {"ndcg@10": 0.3}, "valid": {"ndcg@10": 0.2},
+                                             "train": {"wall_s": 5.0}}, log=quiet)
+    client = client_for(tmp_path)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == config_params(cfg) and run.data.params["train.tracking"] == "mlflow"
+    assert run.data.params["model.dim"] == "16" and run.data.params["model.schedule.strategy"] == "cosine"
+    assert history_of(client, run_id, "valid/ndcg_at_10") == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2))]
+    for key in ("train/loss", "train/tau", "train/sigma", "valid/retrieval_only/ndcg_at_10",
+                "codebook/utilization/level1", "codebook/collision_rate", "speed/samples_per_s"):
+        assert [s for s, _ in history_of(client, run_id, key)] == [1, 2], key
+    assert history_of(client, run_id, "test/ndcg_at_10") == [(2, pytest.approx(0.3))]
+    assert history_of(client, run_id, "final/train/wall_s") == [(2, 5.0)]
+    assert "valid/ndcg_at_10" in run.data.metrics and "final/valid/ndcg_at_10" not in run.data.metrics
+    # Logging the directory again (a resume, a re-evaluation) replaces its run: no epoch twice.
+    again = log_run(cfg, tmp_path, HISTORY, log=quiet)
+    assert [r.info.run_id for r in active_runs(client)] == [again]
+    assert [s for s, _ in history_of(client, again, "train/loss")] == [1, 2]
+
+
+def test_without_mlflow_a_run_stops_before_it_starts_naming_the_key_and_the_pip_command(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    cfg = tiny_config(*CFG)
+    with pytest.raises(ConfigError) as e:
+        require_mlflow(cfg)
+    assert str(e.value) == MISSING
+    assert "train.tracking" in MISSING and "pip install 'raygr[tracking]'" in MISSING
+    require_mlflow(tiny_config(*CFG, "train.tracking=tensorboard"))  # not needed: no error
+    from raygr.distributed.train import run_training
+    from raygr.distributed.tune import run_tune
+
+    # Before the dataset is even read (a missing one would raise DatasetError) and before Ray is asked.
+    with pytest.raises(ConfigError, match="MLflow is not installed"):
+        run_training(cfg, tmp_path / "no-data", tmp_path / "run", log=quiet)
+    with pytest.raises(ConfigError, match="MLflow is not installed"):
+        run_tune(cfg, tmp_path / "no-data", tmp_path / "search", log=quiet)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "search").exists()
+    # raygr tune checks it before Ray starts (with a dataset that exists, so only MLflow is missing).
+    from tests.helpers import tiny_dataset
+
+    data = tiny_dataset(tmp_path / "d", num_users=50).root
+    assert main(["tune", "--data", str(data), "--output", str(tmp_path / "s2"),
+                 "--set", "train.tracking=mlflow"]) == 2
+    assert "train.tracking" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_a_train_run_with_tracking_mlflow_writes_a_readable_store(ray_cluster, data, tmp_path):
+    pytest.importorskip("mlflow")
+    from raygr.distributed.train import run_training
+
+    run = tmp_path / "run"
+    metrics = run_training(tiny_config(*CFG), data, run, log=quiet)
+    client = client_for(run)
+    (mlrun,) = active_runs(client)
+    assert mlrun.info.status == "FINISHED" and mlrun.info.run_name == "run"
+    assert mlrun.data.params["train.epochs"] == "2" and mlrun.data.params["model.preset"] == "sasrec"
+    history = latest_checkpoint(run).train_state().history
+    assert [r["epoch"] for r in history] == [1, 2]
+    got = history_of(client, mlrun.info.run_id, "valid/ndcg_at_10")
+    assert got == [(r["epoch"], pytest.approx(r["valid"]["ndcg@10"], rel=1e-6)) for r in history]
+    assert [s for s, _ in history_of(client, mlrun.info.run_id, "train/loss")] == [1, 2]
+    assert mlrun.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test"]["ndcg@10"], rel=1e-6)
+    assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard files as well
+    # The finished run again (it only re-evaluates): one MLflow run, each epoch once.
+    run_training(tiny_config(*CFG), data, run, log=quiet)
+    (again,) = active_runs(client)
+    assert again.info.run_id != mlrun.info.run_id
+    assert [s for s, _ in history_of(client, again.info.run_id, "valid/ndcg_at_10")] == [1, 2]
