@@ -405,16 +405,18 @@ def run_drills(workdir: Path, drills: list[str], epochs: int, *, fast_detector: 
     out: dict[str, Any] = {"epochs": epochs, "settings": TRAIN_SETTINGS, "system_env": system_env,
                            "nodes": {"head": 1, "worker": 1}, "drills": {}}
     t0 = time.monotonic()
-    with two_node_cluster(workdir / "cluster", head_cpus=1, worker_cpus=1, system_env=system_env, log=log) as c:
-        out["cluster_start_s"] = round(time.monotonic() - t0, 1)
-        if "baseline" in drills:
-            out["drills"]["baseline"] = drill_baseline(c, data, workdir, epochs, log)
-        if "process" in drills:
-            out["drills"]["process"] = drill_worker_process(c, data, workdir, epochs, log)
-        if "node" in drills:
-            out["drills"]["node"] = drill_worker_node(c, data, workdir, epochs, "worker2", log)
-        t_stop = time.monotonic()
-    out["cluster_stop_s"] = round(time.monotonic() - t_stop, 1)
+    if {"baseline", "process", "node"} & set(drills):
+        with two_node_cluster(workdir / "cluster", head_cpus=1, worker_cpus=1, system_env=system_env,
+                              log=log) as c:
+            out["cluster_start_s"] = round(time.monotonic() - t0, 1)
+            if "baseline" in drills:
+                out["drills"]["baseline"] = drill_baseline(c, data, workdir, epochs, log)
+            if "process" in drills:
+                out["drills"]["process"] = drill_worker_process(c, data, workdir, epochs, log)
+            if "node" in drills:
+                out["drills"]["node"] = drill_worker_node(c, data, workdir, epochs, "worker2", log)
+            t_stop = time.monotonic()
+        out["cluster_stop_s"] = round(time.monotonic() - t_stop, 1)
     if "serve" in drills:
         run_dir = workdir / "baseline"
         if not (run_dir / "metrics.json").exists():
