@@ -6,6 +6,7 @@ key and the pip command."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -27,6 +28,7 @@ HISTORY = [{"epoch": e, "train": {"loss": 2.0 / e, "tau": 1.0 / e, "sigma": 0.5 
 def client_for(root):
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads a file store only with it
     return MlflowClient(tracking_uri=(root / "mlruns").resolve().as_uri())
 
 

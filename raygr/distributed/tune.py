@@ -19,6 +19,9 @@ OUTPUT/
   best_checkpoint/         that trial's best checkpoint (``raygr evaluate --checkpoint``)
   trials.csv, summary.json every trial's outcome and numbers; the search's cost
   valid_ndcg10_by_epoch.png, ndcg10_by_strategy.png
+  ray/search/trial-<id>/events.out.tfevents.*   each trial's epochs for TensorBoard (Tune's TBXLoggerCallback):
+                           ``tensorboard --logdir OUTPUT`` (tune_tracking.py)
+  mlruns/                  with train.tracking=mlflow and no train.mlflow_uri: one MLflow run per trial
 
 Re-running the command with the same OUTPUT resumes an interrupted search (finished trials are kept,
 unfinished ones continue from their last checkpoint; ``resume_errored`` retries the failed ones);
@@ -46,6 +49,7 @@ from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, 
 from raygr.data.dataset import check_files, read_manifest
 from raygr.distributed.session import quiet_env
 from raygr.distributed.train import build_trainer, train_windows, windows_fit_in_store
+from raygr.distributed.tune_tracking import tracking_callbacks
 from raygr.training.checkpoint import (
     CHECKPOINTS,
     DatasetIdentity,
@@ -54,6 +58,8 @@ from raygr.training.checkpoint import (
     read_checkpoint,
 )
 from raygr.training.loop import TARGET_METRIC
+from raygr.training.mlflow_tracking import require_mlflow
+from raygr.training.tracking import scalars
 from raygr.training.warm_start import resolve_warm_start
 from raygr.tuning.plan import max_concurrent, trial_resources
 from raygr.tuning.report import (
@@ -91,7 +97,8 @@ class ReportToTune(TuneReportCallback):
             if checkpoint is not None:
                 with checkpoint.as_directory() as path:
                     history = read_checkpoint(path).meta["train_state"]["history"]
-                extra.update(health_metrics(history[-1]) if history else {})
+                if history:  # code health for ASHA's table; every number of the epoch for TensorBoard, MLflow
+                    extra.update({**scalars(history[-1]), **health_metrics(history[-1])})
             metrics = [{**metrics[0], **extra}, *metrics[1:]]
         super().after_report(run_context, metrics, checkpoint)
 
@@ -287,7 +294,7 @@ def build_tuner(cfg: Config, dims: tuple[Dimension, ...], dataset_dir: Path, out
             name=EXPERIMENT, storage_path=str(out / "ray"),
             # A failed trial is recorded and the search goes on; Ray Train already retried its workers.
             failure_config=ray.tune.FailureConfig(max_failures=0),
-            verbose=0, callbacks=[Progress(log)]),
+            verbose=0, callbacks=[Progress(log), *tracking_callbacks(cfg, out)]),
     )
 
 
@@ -330,6 +337,7 @@ def run_tune(cfg: Config, dataset_dir: str | Path, output: str | Path, *, resume
     """Search (or resume a search) on the connected Ray cluster; returns summary.json's content."""
     start = time.perf_counter()
     quiet_env()
+    require_mlflow(cfg)  # train.tracking=mlflow without MLflow: ConfigError before any trial
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = read_manifest(dataset_dir)  # DatasetError before anything else happens
     check_files(dataset_dir, manifest)

@@ -40,6 +40,9 @@ def tune_command(args: argparse.Namespace) -> int:
     overrides = [*args.set, *([f"tune.num_samples={args.num_samples}"] if args.num_samples else [])]
     cfg = load_config(args.config, overrides)  # ConfigError before Ray starts ...
     validate_space(parse_space(cfg.tune.space), cfg)  # ... and for a bad tune.space (the default one is valid)
+    from raygr.training.mlflow_tracking import require_mlflow
+
+    require_mlflow(cfg)  # ... and for train.tracking=mlflow without MLflow
     data = args.data or cfg.data.path
     if not data:
         raise ConfigError("no dataset: pass --data DIR or set data.path in the config")
