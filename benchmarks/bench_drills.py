@@ -12,9 +12,10 @@ driver's log, RUN_DIR/metrics.json, RUN_DIR/checkpoints).
 
 Drills:
 - baseline: an undisturbed run of the same settings (the reference for "within run-to-run noise").
-- process: SIGKILL one training worker process (ray::RayTrainWorker on the worker node) mid-epoch (after
-  the first progress line of epoch 2). Ray Train restarts the worker group (train.max_failures=1) and
-  every worker resumes from the checkpoint of epoch 1.
+- process: SIGKILL one training worker process (ray::RayTrainWorker on the worker node) mid-epoch 2 (1 s
+  after the checkpoint of epoch 1 is published, or at epoch 2's first progress line if that comes
+  first). Ray Train restarts the worker group (train.max_failures=1); every worker resumes from the
+  checkpoint of epoch 1.
 - node: SIGKILL the worker node (its raylet, agents, workers and `ray start`) mid-epoch. The run then has
   1 CPU for 2 workers: the driver's log names the dead node and says, every
   RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, that the worker group is waiting for 2 workers. The drill waits
@@ -148,11 +149,29 @@ def wait_spread(cluster: Cluster, driver: Driver, timeout_s: float = 30) -> dict
         time.sleep(0.2)
 
 
-def mid_epoch(driver: Driver, epoch: int, timeout_s: float) -> dict[str, Any]:
-    """Wait for the first progress line of ``epoch``: the run is then inside it, past its first steps."""
-    pattern = re.compile(rf"epoch {epoch}/\d+ step (\d+)/(\d+)")
-    m = driver.wait_for(pattern, timeout_s, f"a progress line of epoch {epoch}")
-    return {"epoch": epoch, "step": int(m.group(1)), "total_steps": int(m.group(2)), "at_s": driver.elapsed()}
+def mid_epoch(driver: Driver, run_dir: Path, timeout_s: float, settle_s: float = 1.0) -> dict[str, Any]:
+    """Wait until the run is inside epoch 2: the checkpoint of epoch 1 is published (the workers have
+    reported it and moved on), then ``settle_s`` more or the first progress line of epoch 2, whichever
+    comes first. The log alone is too late a signal: Ray forwards worker output in batches, and an epoch
+    here takes a few seconds. Fails if epoch 2 ended meanwhile (its checkpoint appeared)."""
+    deadline = time.monotonic() + timeout_s
+    while checkpoint_epoch(run_dir) != 1:
+        if driver.process.poll() is not None or time.monotonic() > deadline:
+            raise DrillError(f"no checkpoint of epoch 1 in {run_dir} (the run exited or timed out); see {driver.log}")
+        time.sleep(0.05)
+    published = time.monotonic()
+    progress = re.compile(r"epoch 2/\d+ step (\d+)/(\d+)")
+    while time.monotonic() - published < settle_s and progress.search(driver.text()) is None:
+        time.sleep(0.05)
+    if checkpoint_epoch(run_dir) != 1:
+        raise DrillError(f"epoch 2 ended before the kill (too short an epoch); see {driver.log}")
+    return {"epoch": 2, "after_checkpoint_s": round(time.monotonic() - published, 2), "at_s": driver.elapsed()}
+
+
+def steps_seen(driver: Driver, epoch: int) -> tuple[int | None, int | None]:
+    """The last progress line of ``epoch`` in the log (step, total steps), or (None, None)."""
+    found = re.findall(rf"epoch {epoch}/\d+ step (\d+)/(\d+)", driver.text())
+    return (int(found[-1][0]), int(found[-1][1])) if found else (None, None)
 
 
 def checkpoint_epoch(run_dir: Path) -> int | None:
@@ -195,21 +214,24 @@ def drill_worker_process(cluster: Cluster, data: Path, workdir: Path, epochs: in
     run = workdir / "process-kill"
     driver = train_driver(cluster, data, run, epochs, "process-kill")
     try:
-        at = mid_epoch(driver, 2, 180)
+        at = mid_epoch(driver, run, 180)
         placed = wait_spread(cluster, driver)
         victim = placed["worker"][0]
         ckpt = checkpoint_epoch(run)
+        step, total = steps_seen(driver, 2)
         st = _stat(victim)
         if st is None or not kill_pids({victim: st[1]}):
             raise DrillError(f"the training worker {victim} was gone before the kill")
         t_kill = driver.elapsed()
         log(f"process drill: SIGKILL to ray::RayTrainWorker pid {victim} on node worker at {t_kill:.1f} s, "
-            f"epoch 2 step {at['step']}/{at['total_steps']}, latest checkpoint epoch {ckpt}")
+            f"in epoch 2 ({at['after_checkpoint_s']} s after its start; last progress line: step {step}/{total}), "
+            f"latest checkpoint epoch {ckpt}")
         m = driver.wait_for(RESUMED, 180, "the resumed worker group")
         t_resumed = driver.elapsed()
         placed_after = wait_spread(cluster, driver)
         out = {"killed": {"pid": victim, "node": "worker", "at_s": round(t_kill, 1), "in_epoch": 2,
-                          "step": at["step"], "steps_total": at["total_steps"], "checkpoint_epoch": ckpt},
+                          "after_checkpoint_s": at["after_checkpoint_s"], "last_progress_step": step,
+                          "steps_total": total, "checkpoint_epoch": ckpt},
                "placement_before": {k: len(v) for k, v in placed.items()},
                "placement_after": {k: len(v) for k, v in placed_after.items()},
                "resumed_from_epoch": int(m.group(1)), "kill_to_resumed_s": round(t_resumed - t_kill, 1),
@@ -227,13 +249,15 @@ def drill_worker_node(cluster: Cluster, data: Path, workdir: Path, epochs: int, 
     run = workdir / "node-kill"
     driver = train_driver(cluster, data, run, epochs, "node-kill")
     try:
-        at = mid_epoch(driver, 2, 180)
+        at = mid_epoch(driver, run, 180)
         placed = wait_spread(cluster, driver)
         ckpt = checkpoint_epoch(run)
+        step, total = steps_seen(driver, 2)
         t_kill = driver.elapsed()
         killed = cluster.nodes["worker"].kill()
         log(f"node drill: SIGKILL to node worker (raylet {killed['raylet']}, {len(killed['killed'])} processes) "
-            f"at {t_kill:.1f} s, epoch 2 step {at['step']}/{at['total_steps']}, latest checkpoint epoch {ckpt}")
+            f"at {t_kill:.1f} s, in epoch 2 ({at['after_checkpoint_s']} s after its start), "
+            f"latest checkpoint epoch {ckpt}")
         cluster.wait_for(lambda: cluster.node_state("worker") == "DEAD", 120, "the GCS to mark node worker dead")
         t_dead = driver.elapsed()
         named = driver.wait_for(NODE_DEAD, 60, "the driver's log to name the dead node")
@@ -249,8 +273,8 @@ def drill_worker_node(cluster: Cluster, data: Path, workdir: Path, epochs: int, 
         t_resumed = driver.elapsed()
         placed_after = wait_spread(cluster, driver)
         out = {"killed": {"node": "worker", "raylet": killed["raylet"], "processes": len(killed["killed"]),
-                          "at_s": round(t_kill, 1), "in_epoch": 2, "step": at["step"],
-                          "steps_total": at["total_steps"], "checkpoint_epoch": ckpt},
+                          "at_s": round(t_kill, 1), "in_epoch": 2, "after_checkpoint_s": at["after_checkpoint_s"],
+                          "last_progress_step": step, "steps_total": total, "checkpoint_epoch": ckpt},
                "placement_before": {k: len(v) for k, v in placed.items()},
                "placement_after": {k: len(v) for k, v in placed_after.items()},
                "kill_to_node_dead_s": round(t_dead - t_kill, 1),
