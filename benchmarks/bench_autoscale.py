@@ -26,6 +26,7 @@ variables RAY_SERVE_{HANDLE,REPLICA}_AUTOSCALING_METRIC_PUSH_INTERVAL_S, which R
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, write_result  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, write_result  # noqa: E402
 
 WORK = Path("/tmp/raygr-bench-autoscale")
 PLOT = ROOT / "docs" / "img" / "autoscale.png"
@@ -232,6 +233,18 @@ def scaling_events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return events
 
 
+def first_new_replica(rows: list[dict[str, Any]], role: str, lo: float, hi: float) -> float | None:
+    """When, in [lo, hi), the autoscaler first asked for another replica of ``role``: the first sample whose
+    running + starting count exceeds the previous sample's (the replica is running some seconds later)."""
+    prev = None
+    for row in rows:
+        n = (row.get(f"{role.lower()}_running") or 0) + (row.get(f"{role.lower()}_starting") or 0)
+        if lo <= row["t_s"] < hi and prev is not None and n > prev:
+            return row["t_s"]
+        prev = n
+    return None
+
+
 def phase_summaries(phases: list[dict[str, Any]], rows: list[dict[str, Any]], requests: Requests,
                     min_replicas: int) -> list[dict[str, Any]]:
     """Per load level: throughput, latency, failures, replicas at its end and at most; times to scale."""
@@ -250,6 +263,9 @@ def phase_summaries(phases: list[dict[str, Any]], rows: list[dict[str, Any]], re
             up = next((row["t_s"] for row in inside if (row.get(key) or 0) > start), None)
             down = next((row["t_s"] for row in inside if row.get(key) is not None and row[key] < start), None)
             back = next((row["t_s"] for row in inside if row.get(key) == min_replicas), None)
+            decided = first_new_replica(rows, r, p["start_s"], p["end_s"])
+            if decided is not None:
+                summary[f"{r.lower()}_first_new_replica_after_s"] = round(decided - p["start_s"], 1)
             if up is not None:
                 summary[f"{r.lower()}_first_upscale_after_s"] = round(up - p["start_s"], 1)
             if down is not None:
@@ -260,7 +276,10 @@ def phase_summaries(phases: list[dict[str, Any]], rows: list[dict[str, Any]], re
     return out
 
 
-def plot(rows: list[dict[str, Any]], phases: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot(rows: list[dict[str, Any]], phases: list[dict[str, Any]], path: Path, title: str,
+         fixed: list[dict[str, Any]] | None = None) -> Path:
+    """Replicas, throughput and latency over time, the load level shaded; ``fixed``: the same ramp's timeline
+    on the graph held at min_replicas, drawn thin and grey for comparison."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +293,8 @@ def plot(rows: list[dict[str, Any]], phases: list[dict[str, Any]], path: Path, t
             if p["clients"]:
                 ax.axvspan(p["start_s"], p["end_s"], color="tab:gray", alpha=0.08 + 0.3 * p["clients"] / top, lw=0)
     for p in phases:
-        axes[0].text((p["start_s"] + p["end_s"]) / 2, 1.01, f"{p['clients']} clients", ha="center", va="bottom",
+        label = f"{p['clients']} client{'s' if p['clients'] != 1 else ''}"
+        axes[0].text((p["start_s"] + p["end_s"]) / 2, 1.01, label, ha="center", va="bottom",
                      transform=axes[0].get_xaxis_transform(), fontsize=9)
     for i, (r, style) in enumerate(zip(ROLES, ("-", "--", ":"), strict=True)):
         ys = [(row.get(f"{r.lower()}_running") or 0) + 0.04 * (i - 1) for row in rows]  # offset: lines stay apart
@@ -282,7 +302,13 @@ def plot(rows: list[dict[str, Any]], phases: list[dict[str, Any]], path: Path, t
     axes[0].set_ylabel("running replicas")
     axes[0].set_ylim(0, max(3, max((row.get(f"{r.lower()}_running") or 0) for row in rows for r in ROLES)) + 0.6)
     axes[0].legend(loc="upper right")
-    axes[1].plot(t, [r["rps"] for r in rows], color="tab:green")
+    axes[1].plot(t, [r["rps"] for r in rows], color="tab:green", label="autoscaled")
+    if fixed:
+        axes[1].plot([r["t_s"] for r in fixed], [r["rps"] for r in fixed], color="0.45", lw=0.9,
+                     label="every role held at min_replicas")
+        axes[2].plot([r["t_s"] for r in fixed], [r["p50_ms"] if r["p50_ms"] is not None else np.nan for r in fixed],
+                     color="0.45", lw=0.9, label="p50, held at min_replicas")
+    axes[1].legend(loc="upper right")
     axes[1].set_ylabel("requests/s (200s)")
     for key, color in (("p50_ms", "tab:blue"), ("p99_ms", "tab:red")):
         axes[2].plot(t, [r[key] if r[key] is not None else np.nan for r in rows], color=color,
@@ -298,6 +324,16 @@ def plot(rows: list[dict[str, Any]], phases: list[dict[str, Any]], path: Path, t
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+def plot_result(result: dict[str, Any], path: Path = PLOT) -> Path:
+    """The plot of a result written by ``main`` (``--replot`` redraws it from benchmarks/results/autoscale.json)."""
+    s, cores = result["settings"], result.get("machine", {}).get("cpu_count", os.cpu_count())
+    title = (f"raygr Serve autoscaling on 127.0.0.1 ({cores} cores, shared): "
+             f"min {s['min_replicas']}, max {s['max_replicas']}, target {s['target_ongoing_requests']['models']:g} "
+             f"(Ingress {s['target_ongoing_requests']['ingress']:g}), upscale {s['upscale_delay_s']:g} s, "
+             f"downscale {s['downscale_delay_s']:g} s, look-back {s['look_back_period_s']:g} s")
+    return plot(result["timeline"], result["phases"], path, title, fixed=result.get("fixed", {}).get("timeline"))
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -347,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     ap.add_argument("--max-requests", type=int, default=100_000)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-compare", dest="compare_fixed", action="store_false",
+                    help="skip the second ramp with every role held at --min-replicas")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the last result")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot_result(json.loads((RESULTS / "autoscale.json").read_text()))
+        return 0
     if bool(args.checkpoint) != bool(args.data):
         ap.error("--checkpoint and --data go together")
     need = 2 * args.max_replicas * args.model_cpus
@@ -363,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from raygr.config import ServeConfig
     from raygr.data.dataset import load_dataset
-    from raygr.distributed.serve import APP_NAME, build_app, local_url, run_app
+    from raygr.distributed.serve import APP_NAME, build_app
     from raygr.distributed.session import free_port, ray_session
-    from raygr.serving.client import Client, example_requests
+    from raygr.serving.client import example_requests
     from raygr.training.checkpoint import read_checkpoint
 
     info = read_checkpoint(run)
@@ -377,51 +419,74 @@ def main(argv: list[str] | None = None) -> int:
                                 look_back_period_s=args.look_back_s, model_cpus=args.model_cpus,
                                 metrics_interval_s=args.push_interval_s)
     t_start = time.perf_counter()
+    runs: dict[str, dict[str, Any]] = {}
     with ray_session(None, num_cpus=args.num_cpus, log_to_driver=False) as where:
         print(f"{where}; deploying {info.path}")
         try:
-            t = time.perf_counter()
-            run_app(build_app(info.path, data, cfg, extra_options=extra), cfg, log_level="WARNING")
-            client = Client(local_url(cfg))
-            client.wait_healthy()
-            client.close()
-            deploy_s = time.perf_counter() - t
-            print(f"deployed in {deploy_s:.1f} s: {replica_counts(APP_NAME)}")
-            out = run_ramp(APP_NAME, local_url(cfg), bodies, args.levels, max_requests=args.max_requests)
-            final = replica_counts(APP_NAME)
+            runs["autoscaled"] = measure(APP_NAME, build_app(info.path, data, cfg, extra_options=extra), cfg,
+                                         bodies, args)
+            if args.compare_fixed:  # the same ramp on a graph held at min_replicas: what did scaling buy?
+                serve.delete(APP_NAME)
+                fixed = autoscaling_options(args.min_replicas, args.min_replicas, args.target,
+                                            upscale_delay_s=args.upscale_delay_s,
+                                            downscale_delay_s=args.downscale_delay_s,
+                                            look_back_period_s=args.look_back_s, model_cpus=args.model_cpus,
+                                            metrics_interval_s=args.push_interval_s)
+                print(f"the same ramp, every role held at {args.min_replicas} replica(s)")
+                runs["fixed"] = measure(APP_NAME, build_app(info.path, data, cfg, extra_options=fixed), cfg,
+                                        bodies, args)
         finally:
             serve.shutdown()
-    rows = timeline(out["samples"], out["requests"], 1.0)
-    events = scaling_events(rows)
-    phases = phase_summaries(out["phases"], rows, out["requests"], args.min_replicas)
-    reqs = out["requests"]
+    auto = runs["autoscaled"]
     result = {
         "command": " ".join(["python", "benchmarks/bench_autoscale.py", *(argv if argv is not None else sys.argv[1:])]),
-        "ray": where, "checkpoint": str(info.path), "deploy_s": round(deploy_s, 1),
+        "ray": where, "checkpoint": str(info.path), "deploy_s": auto["deploy_s"],
         "settings": {"levels": [{"clients": c, "seconds": s} for c, s in args.levels],
                      "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
                      "target_ongoing_requests": {"models": args.target, "ingress": 4 * args.target},
                      "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
-                     "look_back_period_s": args.look_back_s, "metric_push_interval_s": args.push_interval_s,
+                     "look_back_period_s": args.look_back_s, "metrics_interval_s": args.push_interval_s,
                      "model_replica_cpus": args.model_cpus, "ray_logical_cpus": args.num_cpus,
                      "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
-        "totals": {"requests": len(reqs.status), "ok": reqs.status.count("200"),
-                   "failed": len(reqs.status) - reqs.status.count("200"), "failures": reqs.failures()},
-        "phases": phases, "events": events, "final_replicas": final, "timeline": rows,
+        **{k: auto[k] for k in ("totals", "phases", "events", "final_replicas", "timeline")},
         "load_avg_after": os.getloadavg(), "wall_s": round(time.perf_counter() - t_start, 1),
     }
+    if "fixed" in runs:
+        result["fixed"] = {k: runs["fixed"][k] for k in ("deploy_s", "totals", "phases", "timeline")}
     write_result("autoscale", result)
-    for p in phases:
-        print({k: v for k, v in p.items() if k not in ("start_s", "end_s")})
-    for e in events:
+    for name, r in runs.items():
+        print(name)
+        for p in r["phases"]:
+            print("  ", {k: v for k, v in p.items() if k not in ("start_s", "end_s")})
+    for e in auto["events"]:
         print(f"  {e['t_s']:6.1f}s  {e['deployment']:9s} {e['from']} -> {e['to']}  ({e['clients']} clients)")
     if not args.no_plot:
-        s = result["settings"]
-        plot(rows, out["phases"], PLOT,
-             f"raygr Serve autoscaling on 127.0.0.1 ({os.cpu_count()} cores, shared): min {s['min_replicas']}, "
-             f"max {s['max_replicas']}, target {args.target:g} (Ingress {4 * args.target:g}), upscale "
-             f"{args.upscale_delay_s:g} s, downscale {args.downscale_delay_s:g} s, look-back {args.look_back_s:g} s")
-    return 0 if result["totals"]["failed"] == 0 else 1
+        plot_result(result)
+    failed = sum(r["totals"]["failed"] for r in runs.values())
+    return 0 if failed == 0 else 1
+
+
+def measure(app: str, graph: Any, cfg: Any, bodies: list[dict[str, Any]], args: argparse.Namespace
+            ) -> dict[str, Any]:
+    """Deploy ``graph``, run the ramp, summarise: timeline, per-level phases, scaling events, totals."""
+    from raygr.distributed.serve import local_url, run_app
+    from raygr.serving.client import Client
+
+    t = time.perf_counter()
+    run_app(graph, cfg, log_level="WARNING")
+    client = Client(local_url(cfg))
+    client.wait_healthy()
+    client.close()
+    deploy_s = round(time.perf_counter() - t, 1)
+    print(f"deployed in {deploy_s:.1f} s: {replica_counts(app)}")
+    out = run_ramp(app, local_url(cfg), bodies, args.levels, max_requests=args.max_requests)
+    final = replica_counts(app)
+    rows = timeline(out["samples"], out["requests"], 1.0)
+    reqs = out["requests"]
+    return {"deploy_s": deploy_s, "phases": phase_summaries(out["phases"], rows, reqs, args.min_replicas),
+            "events": scaling_events(rows), "final_replicas": final, "timeline": rows,
+            "totals": {"requests": len(reqs.status), "ok": reqs.status.count("200"),
+                       "failed": len(reqs.status) - reqs.status.count("200"), "failures": reqs.failures()}}
 
 
 if __name__ == "__main__":
