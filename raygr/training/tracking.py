@@ -14,7 +14,8 @@ from the same per-epoch records: one scalar per tag and epoch (the step axis is 
     speed/samples_per_s, speed/train_s
 
 TensorBoard is optional (``pip install 'raygr[tracking]'``, or ``tensorboard``): without it the run logs one
-line and goes on. No Ray here.
+line and goes on. No Ray here. The same tags go to MLflow with ``train.tracking: mlflow`` (mlflow_tracking.py),
+and a ``raygr tune`` trial's through its Tune reports (raygr/distributed/tune_tracking.py); docs/tracking.md.
 """
 
 from __future__ import annotations
