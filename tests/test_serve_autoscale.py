@@ -55,7 +55,9 @@ def test_a_model_role_scales_up_under_load_and_back_down_after_it(ray_cluster, t
     ramp = None
     try:
         run_app(build_app(run, ds.root, cfg, extra_options=extra), cfg, log_level="WARNING")
-        Client(url).wait_healthy()
+        client = Client(url)
+        client.wait_healthy()
+        client.close()
         assert running(replica_counts(APP_NAME)) == {"Retriever": 1, "Ranker": 1}
 
         ramp = Ramp(url, bodies, CLIENTS, time.monotonic(), max_requests=20_000)
@@ -74,7 +76,6 @@ def test_a_model_role_scales_up_under_load_and_back_down_after_it(ray_cluster, t
         assert down, f"the model roles were not back at 1 replica {down_s:.0f} s after the load: {counts}"
         print(f"back to 1 replica each {down_s:.1f} s after the load")
         # The scaled-down service still answers.
-        client = Client(url)
         status, _ = client.post("/recommend", bodies[0])
         client.close()
         assert status == 200
