@@ -289,6 +289,11 @@ class TrainConfig:
     use_gpu: bool = False  # train on GPUs, one per worker
     cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (also its torch threads)
     max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
+    # Keep freed CPU memory in the process for the next step (glibc mallopt; raygr/training/allocator.py):
+    # a step then reuses its tensors' pages instead of mapping and zero-filling fresh ones. Beauty's joint
+    # recipe on CPU: a third of each step was system time; with it a step took 1.4-1.6x less CPU time and peak RSS
+    # 6-13 % higher (benchmarks/bench_allocator.py, docs/results.md). false: glibc's defaults.
+    keep_freed_memory: bool = True
     log_every: int = 50  # a progress line every this many steps (0 = only the per-epoch line)
     # A checkpoint or run directory on the same data whose sequence encoder and item-ID tables start a new
     # run (weights only). A sasrec run starts the joint model as that SASRec. Unused when a run resumes.
@@ -330,6 +335,10 @@ class TuneConfig:
     grace_period: int = 2  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2  # ASHA: a rung keeps the best 1/reduction_factor of the trials
     gpus_per_trial: float = 0.0  # split over the trial's workers (0.5: two trials per GPU); > 0 trains on GPU
+    # Tune FailureConfig: restarts of a trial that failed (its node was lost, its driver died, or its Train
+    # run failed after train.max_failures), each from the trial's latest checkpoint; 0 = record it as failed
+    # at once (a re-run with --resume-errored retries it); -1 = no limit.
+    max_failures: int = 1
     # dotted key -> {choice|grid: [...]} or {uniform|loguniform|randint: [low, high]}; empty = the
     # default space (decay strategy and its parameters, loss weighting, loss weights, lr, batch size).
     space: dict[str, Any] = field(default_factory=dict)
@@ -339,6 +348,7 @@ class TuneConfig:
         _check(self.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0")
         _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
         _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(self.max_failures >= -1, "tune.max_failures", "must be >= -1 (-1 = no limit)")
 
 
 @dataclass(frozen=True)

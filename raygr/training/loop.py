@@ -28,6 +28,7 @@ from raygr.metrics import DEFAULT_KS, decoding_health, metrics_from_ranks, ranks
 from raygr.models.batch import TrainBatch
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.schedules import lr_factor, temperature
+from raygr.training.allocator import retain_freed_memory
 from raygr.training.enhancer import HardNegativeMiner
 from raygr.training.warm_start import warm_start
 from raygr.training.weighting import LossWeighter
@@ -72,6 +73,8 @@ class TrainContext:
     def create(cls, model: nn.Module, cfg: Config, steps_per_epoch: int, *, core: nn.Module | None = None,
                device: torch.device | str = "cpu", verbose: bool = True) -> TrainContext:
         core = core or model
+        if cfg.train.keep_freed_memory:
+            retain_freed_memory()
         total = max(1, steps_per_epoch * cfg.train.epochs)
         cfg = resolve_horizon(cfg, total)
         kept = {id(p) for p in getattr(core, "frozen_by_fix", ())}  # SIDs fixed at the horizon (adopt_sids)
@@ -177,6 +180,8 @@ def maybe_fix_sids(ctx: TrainContext, step: int) -> bool:
 
 def fit_tokenizer(model: GenerativeRecommender, cfg: Config, log: Callable[[str], None] = print) -> None:
     """TIGER's first stage: train encoder + quantizer on item content alone (reconstruction, VQ)."""
+    if cfg.train.keep_freed_memory:
+        retain_freed_memory()
     dev = model.quantizer.codebooks.device
     ids_all = torch.arange(1, model.num_items + 1, device=dev)
     with torch.no_grad():
