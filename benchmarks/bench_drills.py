@@ -1,6 +1,6 @@
 """Failure drills on a real two-node Ray cluster on this machine (issue 23): real SIGKILLs, by PID.
 
-    python -m benchmarks.bench_drills [--workdir DIR] [--drills baseline,process,node,serve] [--epochs 4]
+    python -m benchmarks.bench_drills [--workdir DIR] [--drills baseline,process,node,serve,tune] [--epochs 4]
 
 The cluster is benchmarks/multinode.py's: a head and a worker node, each its own `ray start --block`
 process with its own temp dir, loopback address (127.0.0.2, 127.0.0.3, ...) and a custom resource naming
@@ -21,6 +21,12 @@ Drills:
   RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, that the worker group is waiting for 2 workers. The drill waits
   for that message, then starts a replacement node; the run resumes from epoch 1 and finishes.
 - serve: see ``drill_serve``.
+- tune: `raygr tune --address GCS` (2 trials, a grid on lr) on a cluster of its own whose head has no CPUs
+  (as on a production cluster), so the worker node holds every trial: its driver (the Tune function
+  trainable), Train controller and worker. SIGKILL to the worker node 1 s after every trial published its
+  checkpoint of epoch 1; Tune records each trial's failure and restarts it (tune.max_failures=1); the trials
+  wait for CPUs until a replacement node joins, resume from epoch 1 there, and the search finishes. See
+  ``drill_tune``.
 
 Every process a drill starts (nodes, drivers, load clients) is stopped by its PID at the end, pass or
 fail. Results: benchmarks/results/drills.json; the test suite runs the short version
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_e2e import QUICK
-from benchmarks.multinode import Cluster, _stat, descendants, kill_pids, two_node_cluster, wait_gone
+from benchmarks.multinode import Cluster, _stat, cmdline, descendants, kill_pids, two_node_cluster, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "drills.json"
@@ -416,6 +422,151 @@ def drill_serve(workdir: Path, run_dir: Path, data: Path, *, before_s: float = 1
     return out
 
 
+# -- Tune: the node holding the trials is lost ------------------------------------------------------
+
+# Two trials (a 2-value grid on lr), each a 1-worker Train run of the same model as the train drills. ASHA's
+# grace period is the whole run, so no trial is stopped early: each one has to finish every epoch.
+TUNE_SETTINGS = [*QUICK["train"], "--set", "train.num_workers=1", "--set", "train.batch_size=32",
+                 "--set", "train.log_every=0", "--set", "train.max_failures=1", "--set", "tune.max_failures=1",
+                 "--set", "tune.num_samples=1"]
+TUNE_LRS = (3.0e-3, 1.0e-3)  # the grid: one trial per value
+TUNE_HEAD_CPUS, TUNE_WORKER_CPUS = 0, 4  # every trial (driver + 1 worker, 2 CPUs) runs on the worker node
+RESTARTING = re.compile(r"trial (\w+) failed \(its process or node was lost.*?; "
+                        r"restarting it \(retry (\d+) of (\w+)\).*")
+TRIAL_ENDED = re.compile(r"trial (\w+) ended after epoch (\d+)")
+
+
+def trial_checkpoints(search: Path) -> dict[str, dict[str, Any]]:
+    """{trial id: {"epoch": latest checkpoint's epoch, "resumed_at": [...]}} from SEARCH/trials/<id>/checkpoints."""
+    out = {}
+    for run in sorted((search / "trials").glob("*")):
+        try:
+            meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+            out[run.name] = {"epoch": int(meta["train_state"]["epoch"]),
+                             "resumed_at": list(meta.get("run", {}).get("resumed_at", []))}
+        except (OSError, ValueError, KeyError, TypeError):
+            out[run.name] = {"epoch": None, "resumed_at": []}
+    return out
+
+
+def ray_titles(cluster: Cluster) -> dict[str, dict[str, int]]:
+    """{node: {Ray worker process title: count}} for the nodes that are up (which node holds which trial)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, node in cluster.nodes.items():
+        if node.running():
+            titles: dict[str, int] = {}
+            for pid in node.workers(r"^ray::"):
+                title = (cmdline(pid).split() or ["?"])[0]
+                if title != "ray::IDLE":
+                    titles[title] = titles.get(title, 0) + 1
+            out[name] = dict(sorted(titles.items()))
+    return out
+
+
+def tune_statuses(search: Path) -> dict[str, dict[str, Any]]:
+    """Tune's own record of each trial (status, failures), read from SEARCH/ray/search; no Ray session."""
+    from ray.tune import ExperimentAnalysis
+
+    from raygr.distributed.tune import EXPERIMENT
+
+    trials = ExperimentAnalysis(str(search / "ray" / EXPERIMENT)).trials
+    return {t.trial_id: {"status": t.status, "num_failures": t.run_metadata.num_failures,
+                         "last_epoch": (t.last_result or {}).get("epoch")} for t in trials}
+
+
+def tune_settings(epochs: int, lrs: tuple[float, ...] = TUNE_LRS) -> list[str]:
+    return [*TUNE_SETTINGS, "--set", f"tune.space={{train.lr: {{grid: [{', '.join(map(repr, lrs))}]}}}}",
+            "--set", f"train.epochs={epochs}", "--set", f"tune.grace_period={epochs}"]
+
+
+def drill_tune(workdir: Path, data: Path, epochs: int, replacement: str = "worker2", *,
+               lrs: tuple[float, ...] = TUNE_LRS, system_env: dict[str, str] | None = None, settle_s: float = 1.0,
+               seen: dict[int, str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`raygr tune --address GCS` on a cluster whose head has no CPUs and whose worker node holds every
+    trial; SIGKILL to the worker node once every trial has published the checkpoint of epoch 1 (``settle_s``
+    later); a replacement node joins when Tune has recorded the failures; every trial must restart from
+    its checkpoint (tune.max_failures=1) and the search must finish. ``seen``: filled with every process the
+    drill started (nodes, the driver and their children), for the caller to check that none survived."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    search = workdir / "search"
+    t0 = time.monotonic()
+    with two_node_cluster(workdir / "cluster", head_cpus=TUNE_HEAD_CPUS, worker_cpus=TUNE_WORKER_CPUS,
+                          system_env=system_env, log=log) as c:
+        t_up = time.monotonic() - t0
+        cmd = [sys.executable, "-m", "raygr.cli", "tune", "--data", str(data), "--output", str(search),
+               "--address", c.address, *tune_settings(epochs, lrs)]
+        driver = Driver("tune", cmd, workdir / "tune.log", c.env)
+        try:
+            # every trial has published its checkpoint of epoch 1
+            deadline = time.monotonic() + 300
+            while True:
+                ck = trial_checkpoints(search)
+                if len(ck) == len(lrs) and all((v["epoch"] or 0) >= 1 for v in ck.values()):
+                    break
+                if driver.process.poll() is not None or time.monotonic() > deadline:
+                    raise DrillError(f"the trials did not all reach a checkpoint of epoch 1 ({ck}); see {driver.log}")
+                driver.seen.update(descendants(driver.process.pid))
+                time.sleep(0.1)
+            t_all_ckpt = driver.elapsed()
+            time.sleep(settle_s)
+            placed = ray_titles(c)
+            if not placed.get("worker"):
+                raise DrillError(f"no trial process on node worker: {placed}; see {driver.log}")
+            t_kill = driver.elapsed()
+            killed = c.nodes["worker"].kill()
+            at_kill = trial_checkpoints(search)  # the node is gone: these are what the trials can resume from
+            if any(v["epoch"] is None or v["epoch"] >= epochs for v in at_kill.values()):
+                raise DrillError(f"a trial finished (or had no checkpoint) before the kill: {at_kill}")
+            log(f"tune drill: SIGKILL to node worker ({len(killed['killed'])} processes: {placed['worker']}) "
+                f"at {t_kill:.1f} s; trials' latest checkpoints {at_kill}")
+            c.wait_for(lambda: c.node_state("worker") == "DEAD", 120, "the GCS to mark node worker dead")
+            t_dead = driver.elapsed()
+            deadline = time.monotonic() + 120
+            while len({m.group(1) for m in RESTARTING.finditer(driver.text())}) < len(lrs):
+                if driver.process.poll() is not None or time.monotonic() > deadline:
+                    raise DrillError(f"Tune did not restart every trial; see {driver.log}")
+                time.sleep(0.2)
+            t_restarting = driver.elapsed()
+            restarting = sorted({m.group(0) for m in RESTARTING.finditer(driver.text())})
+            log(f"tune drill: {restarting}; starting node {replacement}")
+            t_add = driver.elapsed()
+            c.add_node(replacement, TUNE_WORKER_CPUS)
+            t_joined = driver.elapsed()
+            placed_after = ray_titles(c)
+            rc = driver.wait(600)
+            t_end = driver.elapsed()
+            if rc != 0:
+                raise DrillError(f"raygr tune failed (exit status {rc}); see {driver.log}")
+        finally:
+            driver.stop()
+            if seen is not None:
+                seen.update({driver.process.pid: "", **driver.seen})
+                for node in c.nodes.values():
+                    seen.update(node.processes())
+        t_stop = time.monotonic()
+    final = trial_checkpoints(search)
+    statuses = tune_statuses(search)
+    summary = json.loads((search / "summary.json").read_text())
+    ended = {m.group(1): int(m.group(2)) for m in TRIAL_ENDED.finditer(driver.text())}
+    out = {"cluster": {"head_cpus": TUNE_HEAD_CPUS, "worker_cpus": TUNE_WORKER_CPUS},
+           "settings": tune_settings(epochs, lrs),
+           "epochs": epochs, "system_env": system_env or {}, "cluster_start_s": round(t_up, 1),
+           "processes_before_kill": placed, "processes_after_replacement_joined": placed_after,
+           "all_trials_at_epoch1_checkpoint_s": round(t_all_ckpt, 1),
+           "killed": {"node": "worker", "raylet": killed["raylet"], "processes": len(killed["killed"]),
+                      "at_s": round(t_kill, 1), "checkpoints": at_kill},
+           "kill_to_node_dead_s": round(t_dead - t_kill, 1),
+           "kill_to_all_restarting_s": round(t_restarting - t_kill, 1), "restarting": restarting,
+           "replacement": replacement, "replacement_join_s": round(t_joined - t_add, 1),
+           "replacement_to_search_end_s": round(t_end - t_add, 1), "search_wall_s": round(t_end, 1),
+           "cluster_stop_s": round(time.monotonic() - t_stop, 1),
+           "exit_status": rc, "tune_trials": statuses, "trials_final": final, "trials_ended_log": ended,
+           "summary_trials": summary.get("trials"),
+           "best_valid_ndcg@10": (summary.get("best") or {}).get("valid_ndcg@10")}
+    log(f"tune drill: {out}")
+    return out
+
+
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
@@ -447,6 +598,8 @@ def run_drills(workdir: Path, drills: list[str], epochs: int, *, fast_detector: 
             raise DrillError(f"the serve drill serves the baseline run, {run_dir}: run the baseline drill first")
         out["drills"]["serve"] = drill_serve(workdir / "serve", run_dir, data, log=log,
                                              system_env=FAST_DETECTOR if fast_detector else None)
+    if "tune" in drills:
+        out["drills"]["tune"] = drill_tune(workdir / "tune", data, epochs, system_env=system_env, log=log)
     out["total_s"] = round(time.monotonic() - t0, 1)
     return out
 
@@ -454,13 +607,21 @@ def run_drills(workdir: Path, drills: list[str], epochs: int, *, fast_detector: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/raygr-drills"))
-    p.add_argument("--drills", default="baseline,process,node,serve")
+    p.add_argument("--drills", default="baseline,process,node,serve,tune")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--fast-detector", action="store_true", help=f"GCS health checks {FAST_DETECTOR}")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = run_drills(args.workdir, args.drills.split(","), args.epochs, fast_detector=args.fast_detector)
     result["load_avg_1m_at_end"] = os.getloadavg()[0]
+    # Keep the drills this invocation did not run (e.g. `--drills tune` keeps the train and Serve ones).
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    drills = {**old.get("drills", {}), **result["drills"]}
+    if not {"baseline", "process", "node"} & set(args.drills.split(",")):  # the top level describes those
+        for d in result["drills"].values():
+            d["load_avg_1m_at_end"] = result["load_avg_1m_at_end"]
+        result = {k: v for k, v in old.items() if k != "drills"} or result
+    result["drills"] = drills
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

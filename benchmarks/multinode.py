@@ -211,7 +211,10 @@ class Node:
 def cluster_env(dashboard: str | None = None) -> dict[str, str]:
     """The environment of every process of the cluster and of its drivers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+               # A node stopped with SIGTERM (the end of a drill) otherwise drains for up to 30 s first (Ray's
+               # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S); the Tune drill's replacement node used all 30 s.
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     if dashboard:
         # The state API otherwise resolves "the" cluster of this host through /tmp/ray, i.e. whichever Ray
         # started last on the machine (raygr/distributed/session.py): Ray Train's placement-group cleaner

@@ -96,3 +96,29 @@ def test_drills_leave_no_process_behind_when_a_step_fails(tmp_path):
     assert seen and not any(alive(pid) for pid in seen)
     driver_log = (tmp_path / "process-kill.log").read_text()
     assert "missing" in driver_log, "the driver's own error is in its log"
+
+
+def test_killing_the_node_holding_a_tune_trial_restarts_it_from_its_checkpoint(tmp_path_factory):
+    """`raygr tune` with one trial on a cluster whose head has no CPUs: the worker node holds the trial (its
+    driver, Train controller and worker); SIGKILL to that node after the checkpoint of epoch 1; a replacement
+    joins; Tune restarts the trial (tune.max_failures=1), which resumes from epoch 1 and finishes."""
+    from benchmarks.bench_drills import drill_tune
+
+    workdir = tmp_path_factory.mktemp("tune-drill")
+    data = prepare_data(workdir / "data")
+    seen: dict[int, str] = {}
+    out = drill_tune(workdir, data, 2, lrs=(3.0e-3,), system_env=FAST_DETECTOR, seen=seen, log=lambda m: None)
+    # (a failing drill stops them too: two_node_cluster and the driver's stop, as the test above shows)
+    assert seen and not any(alive(pid) for pid in seen), "every process of the drill is stopped"
+
+    before = out["processes_before_kill"]
+    assert before["worker"].get("ray::ImplicitFunc.train") == 1, "the trial's driver ran on the killed node"
+    assert before["worker"].get("ray::RayTrainWorker") == 1 and "ray::RayTrainWorker" not in before["head"]
+    (trial,) = out["tune_trials"]
+    assert out["killed"]["checkpoints"][trial]["epoch"] == 1, "killed after epoch 1, before epoch 2 ended"
+    assert len(out["restarting"]) == 1 and "retry 1 of 1" in out["restarting"][0]
+    # the search finished: the trial completed, after one failure, resuming from its checkpoint of epoch 1
+    assert out["exit_status"] == 0
+    assert out["tune_trials"][trial] == {"status": "TERMINATED", "num_failures": 1, "last_epoch": 2}
+    assert out["trials_final"][trial] == {"epoch": 2, "resumed_at": [1]}
+    assert out["summary_trials"]["completed"] == 1 and out["summary_trials"]["error"] == 0

@@ -8,8 +8,10 @@
 Train V2 cannot be handed to a ``Tuner`` directly, so each trial runs ``trial_driver``: a function
 trainable that applies its sampled values to the base config and runs the same ``TorchTrainer`` as
 ``raygr train`` (``build_trainer``), with a callback that forwards each epoch's report (validation
-NDCG@10 plus code-health numbers) to Tune. ASHA compares trials on ``valid_ndcg@10`` by epoch and
-stops the weak ones; a trial that raises is recorded and the search goes on.
+NDCG@10 plus code-health numbers, with the epoch's checkpoint) to Tune. ASHA compares trials on
+``valid_ndcg@10`` by epoch and stops the weak ones. A trial that fails (it raised, or its process or node
+was lost) starts again up to ``tune.max_failures`` times from its latest checkpoint; after that it is
+recorded and the search goes on.
 
 OUTPUT/
   search.yaml              the resolved base config, the space and the dataset: what a re-run must match
@@ -142,7 +144,9 @@ def trial_driver(assignment: dict[str, Any], *, base: dict[str, Any], dataset_di
     """One trial: the base config with this trial's sampled values, trained by Ray Train into TRIALS/<trial id>.
 
     A combination the config rejects (e.g. model.dim not divisible by model.num_heads) raises here:
-    Tune records the trial as failed and the search goes on. A restored trial resumes its Train run.
+    Tune restarts a failed trial (tune.max_failures) and records it as failed after that; the search goes
+    on. A restarted or restored trial (a new process, maybe on another node) resumes its Train run from
+    TRIALS/<trial id>/checkpoints (``build_trainer``), the checkpoint it last reported to Tune.
     """
     quiet_env()
     cfg = apply(config_from_dict(base), assignment)
@@ -195,12 +199,22 @@ class Progress(ray.tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.log(f"trial {trial.trial_id} ended after epoch {trial.last_result.get('epoch', 0)}")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = (trial.last_result or {}).get("epoch")
+        self.log(f"trial {trial.trial_id} failed (its process or node was lost, or its run failed); restarting it "
+                 f"(retry {trial.num_failures} of {_limit(trial.max_failures)})"
+                 + (f" from its checkpoint of epoch {epoch}" if epoch else ""))
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         try:
             why = error_line(Path(trial.error_file).read_text())
         except (OSError, TypeError):
             why = "see the trial's error.txt"
         self.log(f"trial {trial.trial_id} failed (recorded; the search goes on): {why}")
+
+
+def _limit(max_failures: int) -> str:
+    return "no limit" if max_failures < 0 else str(max_failures)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -292,8 +306,10 @@ def build_tuner(cfg: Config, dims: tuple[Dimension, ...], dataset_dir: Path, out
             search_alg=BasicVariantGenerator(max_concurrent=concurrency, random_state=cfg.train.seed)),
         run_config=ray.tune.RunConfig(
             name=EXPERIMENT, storage_path=str(out / "ray"),
-            # A failed trial is recorded and the search goes on; Ray Train already retried its workers.
-            failure_config=ray.tune.FailureConfig(max_failures=0),
+            # A trial that fails (its node lost, its driver killed, its Train run out of train.max_failures)
+            # starts again up to tune.max_failures times, in a new process that resumes the trial's Train run
+            # from TRIALS/<trial id>/checkpoints (trial_driver); then it is recorded and the search goes on.
+            failure_config=ray.tune.FailureConfig(max_failures=t.max_failures),
             verbose=0, callbacks=[Progress(log), *tracking_callbacks(cfg, out)]),
     )
 
