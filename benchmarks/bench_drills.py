@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -574,6 +575,12 @@ def _print(msg: str) -> None:
 def run_drills(workdir: Path, drills: list[str], epochs: int, *, fast_detector: bool = False,
                log: Callable[[str], None] = _print) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
+    # A run directory left by an earlier invocation would be resumed (or just evaluated), not trained:
+    # each drill starts from an empty one. The dataset is kept.
+    for drill, run in (("baseline", "baseline"), ("process", "process-kill"), ("node", "node-kill"),
+                       ("tune", "tune")):
+        if drill in drills and (workdir / run).exists():
+            shutil.rmtree(workdir / run)
     data = prepare_data(workdir / "data")
     system_env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(GROUP_START_TIMEOUT_S),
                   **(FAST_DETECTOR if fast_detector else {})}
