@@ -78,7 +78,11 @@ class Cluster:
 
 
 def cluster_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # Nothing of a Ray this process may have joined (the test suite's local Ray) reaches the cluster: in
+    # particular not RAY_API_SERVER_ADDRESS, which raygr pins to its own local Ray's dashboard and which Ray
+    # reads before any address it is given. With it inherited, this cluster's jobs ran beside the test
+    # suite's Ray and failed to find their working_dir package (the CI failure of 2026-12-04).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # Nothing leaves this machine: no token auth and no usage stats, on the cluster and the clients alike.
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -89,8 +93,13 @@ def cluster_env() -> dict[str, str]:
 def local_cluster(workdir: Path, num_cpus: int = 4, log: Callable[[str], None] = print) -> Iterator[Cluster]:
     gcs, dash, client, agent_http, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = free_ports(9)
     env = cluster_env()
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"  # this cluster's state API, for its jobs too
     logfile = workdir / "ray-start.log"
+    # A temp dir of its own (short: Ray's socket paths must fit in 107 bytes), so its session, sockets and
+    # unpacked packages never mix with another Ray's under /tmp/ray.
+    temp = Path(tempfile.mkdtemp(prefix="rge2e-", dir="/tmp"))
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--disable-usage-stats",
+           f"--temp-dir={temp}",
            f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
@@ -106,6 +115,7 @@ def local_cluster(workdir: Path, num_cpus: int = 4, log: Callable[[str], None] =
         yield cluster
     finally:
         stop_cluster(cluster, log)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop_cluster(cluster: Cluster, log: Callable[[str], None] = print) -> None:
