@@ -210,7 +210,9 @@ class Node:
 
 def cluster_env(dashboard: str | None = None) -> dict[str, str]:
     """The environment of every process of the cluster and of its drivers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # Nothing of a Ray this process may have joined (the test suite's local Ray sets RAY_API_SERVER_ADDRESS
+    # and others): the cluster and its drivers get only what is set here.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
                # A node stopped with SIGTERM (the end of a drill) otherwise drains for up to 30 s first (Ray's
                # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S); the Tune drill's replacement node used all 30 s.
