@@ -267,7 +267,7 @@ def write_outputs(records: Sequence[TrialRecord], cfg: Config, dims: tuple[Dimen
         {"trial": r.trial_id, "status": r.status, "assignment": r.assignment, "curve": r.curve,
          "best": r.best, "error": r.error, "wall_s": r.wall_s,
          "last": {k: v for k, v in r.last.items() if isinstance(v, int | float | str | bool)}}
-        for r in records]
+        for r in sorted(records, key=lambda r: r.trial_id)]  # Tune lists them in no fixed order
     write_json_atomic(out / SUMMARY, summary)
     log("wrote " + ", ".join(str(out / n) for n in OUTPUT_FILES if (out / n).exists()))
     if counts[UNFINISHED]:
