@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_e2e import free_ports, http_ok, port_open
+from raygr.distributed.session import _zombie
+from raygr.distributed.session import descendants as process_tree
 
 BIN = Path(sys.executable).parent  # the ray command of this interpreter's environment
 # Each node has an address of its own on the loopback network (127.0.0.0/8), as hosts of a cluster have:
@@ -79,20 +81,8 @@ def alive(pid: int) -> bool:
 
 
 def descendants(root: int) -> dict[int, str]:
-    """Every live process below ``root`` (not ``root`` itself) as {pid: start time}."""
-    parent, start = {}, {}
-    for d in os.listdir("/proc"):
-        if d.isdigit() and (st := _stat(int(d))) is not None and st[2] != "Z":
-            parent[int(d)], start[int(d)] = st[0], st[1]
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = {}, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out[pid] = start[pid]
-        todo.extend(children.get(pid, []))
-    return out
+    """Every live (not zombie) process below ``root`` (not ``root`` itself) as {pid: start time}."""
+    return {pid: start for pid, start in process_tree(root).items() if not _zombie(pid)}
 
 
 def kill_pids(pids: dict[int, str], sig: int = signal.SIGKILL) -> list[int]:

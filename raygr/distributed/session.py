@@ -190,9 +190,8 @@ def _cmdline(pid: int) -> str:
 RAY_PROCESS = re.compile(r"ray::|/ray/|ray[-.]dashboard")
 
 
-def ray_descendants(root: int | None = None) -> dict[int, str]:
-    """Ray processes below ``root`` (default: this one) as {pid: start time}; empty where /proc is absent."""
-    root = os.getpid() if root is None else root
+def descendants(root: int) -> dict[int, str]:
+    """Every process below ``root`` (not ``root`` itself) as {pid: start time}; empty where /proc is absent."""
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
@@ -209,10 +208,15 @@ def ray_descendants(root: int | None = None) -> dict[int, str]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        # Only Ray's own processes, never another child of this one.
-        if RAY_PROCESS.search(_cmdline(pid)):
-            out[pid] = start[pid]
+        out[pid] = start[pid]
     return out
+
+
+def ray_descendants(root: int | None = None) -> dict[int, str]:
+    """Ray processes below ``root`` (default: this one) as {pid: start time}; empty where /proc is absent."""
+    below = descendants(os.getpid() if root is None else root)
+    # Only Ray's own processes, never another child of this one.
+    return {pid: start for pid, start in below.items() if RAY_PROCESS.search(_cmdline(pid))}
 
 
 def reap(processes: dict[int, str], grace_s: float = 3.0) -> list[int]:
