@@ -45,7 +45,7 @@ def test_killing_a_training_worker_process_resumes_from_the_last_checkpoint(clus
 
     assert out["placement_before"] == {"head": 1, "worker": 1}, "the workers ran one per node"
     killed = out["killed"]
-    assert killed["in_epoch"] == 2 and killed["after_checkpoint_s"] > 0
+    assert killed["in_epoch"] == 2 and killed["after_checkpoint_s"] >= 0  # measured at the kill
     assert not alive(killed["pid"])
     # at most one epoch lost: the new worker group started from the checkpoint of the epoch before
     assert killed["checkpoint_epoch"] == 1 and out["resumed_from_epoch"] == 1
