@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_e2e import free_ports, http_ok, port_open
+from benchmarks.memlimit import MemoryLimit
 from raygr.distributed.session import _zombie
 from raygr.distributed.session import descendants as process_tree
 
@@ -125,6 +126,7 @@ class Node:
     ip: str
     started_at: float = field(default_factory=time.monotonic)
     seen: dict[int, str] = field(default_factory=dict)  # every process ever seen below it (for the sweep)
+    memory: MemoryLimit | None = None  # the node's memory cgroup (a container's limit), if it has one
 
     @property
     def resource(self) -> str:
@@ -241,13 +243,16 @@ class Cluster:
         return self.nodes["head"]
 
     def _start(self, name: str, cmd: list[str], num_cpus: float, ports: dict[str, int], temp_dir: Path,
-               env: dict[str, str], ip: str) -> Node:
+               env: dict[str, str], ip: str, memory: MemoryLimit | None = None) -> Node:
         logfile = self.workdir / f"ray-{name}.log"
         with open(logfile, "w") as out:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        node = Node(name, proc, temp_dir, logfile, num_cpus, ports, ip)
+            # In the node's memory cgroup from birth: the raylet, agents, object store and workers it starts
+            # are all charged to it, as on a Kubernetes pod with a memory limit.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=memory.enter if memory is not None else None)
+        node = Node(name, proc, temp_dir, logfile, num_cpus, ports, ip, memory=memory)
         self.nodes[name] = node
         return node
 
@@ -272,8 +277,10 @@ class Cluster:
                       "the head node", node)
         return node
 
-    def add_node(self, name: str, num_cpus: float, resources: dict[str, float] | None = None) -> Node:
-        """A worker node joins (also: a replacement for a lost one); waits until the GCS lists it alive."""
+    def add_node(self, name: str, num_cpus: float, resources: dict[str, float] | None = None,
+                 memory_limit_bytes: int | None = None) -> Node:
+        """A worker node joins (also: a replacement for a lost one); waits until the GCS lists it alive.
+        ``memory_limit_bytes``: the node runs in a memory cgroup of that size (benchmarks/memlimit.py)."""
         if name in self.nodes:
             # A replacement gets a name of its own: the lost node's record keeps the PIDs for the final sweep.
             raise ClusterError(f"node {name} exists already (running: {self.nodes[name].running()})")
@@ -288,7 +295,11 @@ class Cluster:
                f"--dashboard-agent-listen-port={ahttp}", f"--dashboard-agent-grpc-port={agrpc}",
                f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={envagent}",
                f"--node-manager-port={nm}", f"--object-manager-port={om}"]
-        node = self._start(name, cmd, num_cpus, {"metrics": metrics}, temp, {**self.env, **self.system_env}, ip)
+        memory = None
+        if memory_limit_bytes is not None:
+            memory = MemoryLimit.create(f"{self.temp_root.name}-{name}", memory_limit_bytes)
+        node = self._start(name, cmd, num_cpus, {"metrics": metrics}, temp, {**self.env, **self.system_env}, ip,
+                           memory)
         self.wait_for(lambda: self.node_alive(name), 120, f"node {name} to join", node)
         return node
 
@@ -331,8 +342,11 @@ class Cluster:
         """Worker nodes first, the head (GCS) last; each by its own PIDs."""
         errors = []
         for name in sorted(self.nodes, key=lambda n: n == "head"):
+            node = self.nodes[name]
             try:
-                self.nodes[name].stop()
+                node.stop()
+                if node.memory is not None:
+                    node.memory.remove()
             except Exception as e:  # stop the others anyway
                 errors.append(f"{name}: {e}")
         if self.gcs_port and port_open(self.gcs_port):
@@ -344,19 +358,20 @@ class Cluster:
 
 @contextlib.contextmanager
 def two_node_cluster(workdir: Path, *, head_cpus: float = 2, worker_cpus: float = 2,
-                     system_env: dict[str, str] | None = None,
+                     system_env: dict[str, str] | None = None, worker_memory_bytes: int | None = None,
                      log: Callable[[str], None] = print) -> Iterator[Cluster]:
     """A head and one worker node (``nodes["head"]``, ``nodes["worker"]``); everything stopped at the end.
 
     ``system_env``: environment for the cluster's processes on top of the usual one, e.g. Ray's
     ``RAY_health_check_*`` settings, which decide how soon the GCS declares a silent node dead.
+    ``worker_memory_bytes``: the worker node runs under that memory limit (a cgroup; needs root).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(workdir, cluster_env(), Path(tempfile.mkdtemp(prefix="rgmn-", dir="/tmp")), log=log)
     try:
         t0 = time.monotonic()
         cluster.start_head(head_cpus, system_env=system_env)
-        cluster.add_node("worker", worker_cpus)
+        cluster.add_node("worker", worker_cpus, memory_limit_bytes=worker_memory_bytes)
         log(f"two-node cluster up in {time.monotonic() - t0:.1f} s: GCS {cluster.address}, "
             f"dashboard {cluster.dashboard}, logs in {workdir}")
         yield cluster

@@ -288,6 +288,10 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers (DDP)
     use_gpu: bool = False  # train on GPUs, one per worker
     cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (also its torch threads)
+    # How Ray places the workers' resource bundles: PACK fills as few nodes as possible (Ray Train's
+    # default: DDP traffic stays inside a node); SPREAD puts them on as many nodes as it can, e.g. one per
+    # memory-limited node (benchmarks/bench_memory_limit.py) or to survive the loss of one node better.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
     # Keep freed CPU memory in the process for the next step (glibc mallopt; raygr/training/allocator.py):
     # a step then reuses its tensors' pages instead of mapping and zero-filling fresh ones. Beauty's joint

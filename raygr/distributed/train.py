@@ -389,7 +389,7 @@ def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[
         train_loop_per_worker,
         train_loop_config=job,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=t.placement_strategy),
         datasets={"train": training_input(cfg, dataset_dir, n_windows)},
         run_config=RunConfig(
             name=RUN_NAME, storage_path=str(run_dir / "ray"),
