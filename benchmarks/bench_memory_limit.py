@@ -107,7 +107,9 @@ def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: 
         "prepared_mib": round(disk / MIB, 1), "training_windows_mib": round(windows_bytes / MIB, 1),
         "worker_node_limit_mib": limit_mib, "worker_node_cgroup": stats,
         "train_worker_peak_rss_mib": peaks, "exit_status": rc, "wall_s": round(wall, 1),
-        "completed": rc == 0 and stats["oom_kills"] == 0,
+        # SPREAD put one worker on each node: one of them trained under the limit
+        "train_workers_per_node": {node: len(pids) for node, pids in peaks.items()},
+        "completed": rc == 0 and stats["oom_kills"] == 0 and len(peaks.get("worker", [])) >= 1,
         "prepared_larger_than_limit": disk > limit_mib * MIB,
         "windows_larger_than_limit": windows_bytes > limit_mib * MIB,
         "samples_per_s": metrics.get("train", {}).get("samples_per_s"),
@@ -135,8 +137,9 @@ def main() -> None:
     write_result("memory_limit", {"command": " ".join(["python -m benchmarks.bench_memory_limit", *sys.argv[1:]]),
                                   "config": [*MODEL, *args.set], "avg_sequence_length": AVG_LEN, "runs": runs})
     if not out["completed"]:
-        raise SystemExit(f"the run did not complete under the limit (exit {out['exit_status']}, "
-                         f"OOM kills {out['worker_node_cgroup']['oom_kills']}); see {out['train_log']}")
+        raise SystemExit(f"the run did not complete under the limit (exit {out['exit_status']}, OOM kills "
+                         f"{out['worker_node_cgroup']['oom_kills']}, Train workers per node "
+                         f"{out['train_workers_per_node']}); see {out['train_log']}")
 
 
 if __name__ == "__main__":
