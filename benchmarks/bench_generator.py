@@ -84,8 +84,10 @@ def main() -> None:
     cfg = load_config(args.config, sets)
     t0 = time.perf_counter()
     model, state, test = train_local(cfg, data, log=lambda s: print(f"[{args.variant}] {s}", flush=True))
+    config = Path(args.config).resolve()  # a config outside the repository (a tune search's) stays absolute
     row = {
-        "variant": args.variant, "config": str(Path(args.config).resolve().relative_to(ROOT)), "overrides": sets,
+        "variant": args.variant, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
+        "overrides": sets,
         "data": data, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "valid": [{"epoch": h["epoch"], "ndcg@10": h["valid"]["ndcg@10"],
                    "retrieval_ndcg@10": h["valid"]["retrieval_only"]["ndcg@10"],
