@@ -1,15 +1,17 @@
 """A training run on a worker node whose memory limit is smaller than the prepared data (issue 23).
 
-    python -m benchmarks.bench_memory_limit --interactions 1M --limit-mib 3072        # quick: the baseline
-    python -m benchmarks.bench_memory_limit --interactions 150M --limit-mib 1800      # the real check
+    python -m benchmarks.bench_memory_limit --interactions 200k --limit-mib 3072      # quick: sizes the node
+    python -m benchmarks.bench_memory_limit --interactions 60M --limit-mib 1800       # windows > the limit
+    python -m benchmarks.bench_memory_limit --interactions 170M --limit-mib 1800      # files > the limit too
 
 The cluster is benchmarks/multinode.py's two `ray start` nodes on loopback. The worker node runs inside a
 memory cgroup (benchmarks/memlimit.py), as a Ray pod under a Kubernetes memory limit: its raylet, agents,
 object store and every worker it starts are charged to it, and past the limit the kernel OOM-kills one
 of them. `raygr train --address GCS` runs one epoch of a small SASRec with 2 Ray Train workers placed
-one per node (train.placement_strategy=SPREAD), so one of them lives under the limit, on data whose
-prepared files and whose training windows (int64 input + target, what a worker that materialised them
-would hold) are both larger than the limit. It passes when the run exits 0 with no OOM kill in the group.
+one per node (train.placement_strategy=SPREAD), so one of them lives under the limit, on data larger than
+the limit: its training windows (int64 input + target, what a worker that materialised them would hold)
+and, at the largest size, its prepared files (the result records both comparisons). It passes when the
+run exits 0 with no OOM kill in the group.
 
 Measured: the group's peak usage (the kernel's high-water mark, page cache included), the limited Train
 worker's peak RSS (VmHWM), the head's Train worker's peak RSS, the prepared data on disk, the windows'
@@ -31,6 +33,7 @@ from benchmarks.bench_drills import Driver
 from benchmarks.bench_scale import AVG_LEN, _status_kb, label, parse_size, prepare
 from benchmarks.common import write_result
 from benchmarks.multinode import Cluster, two_node_cluster
+from raygr.config import load_config
 from raygr.data.dataset import length_histogram
 from raygr.data.windows import count_train_windows
 
@@ -74,7 +77,7 @@ def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: 
     dataset = prepare(interactions, items, data_dir)
     manifest = json.loads((dataset / "manifest.json").read_text())
     # The training windows as a worker that materialised them would hold: int64 input + target, [n, T].
-    history = 20
+    history = load_config(None, [*MODEL, *extra]).data.max_history
     windows_bytes = 16 * count_train_windows(length_histogram(dataset, manifest), history) * history
     disk = dir_bytes(dataset)
     log(f"data: {manifest['num_interactions']:,} interactions, {disk / MIB:,.0f} MiB prepared, "
@@ -121,7 +124,7 @@ def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--interactions", type=parse_size, default=parse_size("150M"))
+    ap.add_argument("--interactions", type=parse_size, default=parse_size("170M"))
     ap.add_argument("--items", type=int, default=2000, help="catalogue size (small: the data's volume is the point)")
     ap.add_argument("--limit-mib", type=int, default=1800, help="memory limit of the worker node")
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "raygr-scale-data")
