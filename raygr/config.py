@@ -91,6 +91,9 @@ class LossWeights:
     cost: float = 0.1  # CoST: InfoNCE item embedding <-> quantized reconstruction
     unisid: float = 0.1  # UniSID: InfoNCE at every level's prefix
     balance: float = 0.3  # code-balance: KL(batch code distribution || uniform)
+    # Ranker -> generator listwise distillation (model.listwise_*): the generator's item probabilities
+    # over the ranker's top candidates matched to the ranker's softmax over them; 0 = off.
+    listwise: float = 0.0
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -198,6 +201,16 @@ class ModelConfig:
     # the items sharing the target's SID prefix, summed by their next code; the rest is the one-hot
     # next item. The generator then learns which codes the ranker rates, not only the observed one.
     generator_distill: float = 0.0
+    # model.loss.listwise > 0: per step, for up to listwise_rows of the batch's targets, the ranker's
+    # listwise_candidates best items (the target among them) are scored by the generator's whole-SID
+    # log-probability, and that order is pulled towards the ranker's (KL of the two softmaxes). The
+    # generator alone ranks its own beam worse than the ranker re-ranks it; this teaches it the
+    # ranker's order where N@10 is decided, unlike generator_distill's per-level marginals over the
+    # whole catalogue. Its weight ramps in linearly over listwise_warmup_steps (an untrained ranker
+    # is no teacher).
+    listwise_candidates: int = 20  # the target and the ranker's best others per row
+    listwise_rows: int = 128  # targets per step that the term scores (its cost: rows x candidates SIDs)
+    listwise_warmup_steps: int = 200  # model.loss.listwise ramps in from 0 over these steps
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
@@ -250,6 +263,12 @@ class ModelConfig:
         _check(0 <= self.generator_dropout < 1, "model.generator_dropout", "must be in [0, 1)")
         _check(self.generator_distill == 0 or self.loss.ranker > 0, "model.generator_distill",
                "learns from the ranker: needs model.loss.ranker > 0 (or set it to 0)")
+        _check(self.loss.listwise == 0 or self.loss.ranker > 0, "model.loss.listwise",
+               "learns from the ranker: needs model.loss.ranker > 0 (or set it to 0)")
+        _check(self.listwise_candidates >= 2, "model.listwise_candidates",
+               "must be >= 2 (the target and at least one of the ranker's other items)")
+        _check(self.listwise_rows >= 1, "model.listwise_rows", "must be >= 1")
+        _check(self.listwise_warmup_steps >= 0, "model.listwise_warmup_steps", "must be >= 0 (0 = full weight at once)")
         self.schedule.validate()
         self.loss.validate()
 

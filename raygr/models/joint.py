@@ -187,21 +187,65 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         H [B, T, D] are the history states; target p sits at position t of user b (``has_tgt``), and
         the Transformer decoder's memory for it is that user's states up to t: nothing from its future.
         """
+        b, t = has_tgt.nonzero(as_tuple=True)  # [P] each, the same order as H[has_tgt]
+        return self.decoded_states(H, has_in, b, t, code_vecs)
+
+    def decoded_states(self, H: torch.Tensor, has_in: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
+                       code_vecs: torch.Tensor) -> list[torch.Tensor]:
+        """The generator's L+1 states [M, D] for M = P x W code sequences ``code_vecs`` [M, L, D]: the
+        W rows of each target p (user b[p], position t[p], [P] each) follow one another and read the
+        history states H [B, T, D] up to t[p]."""
         gen = self.generator
-        s = H[has_tgt]  # [P, D]
+        W = code_vecs.shape[0] // len(b)
+        s = H[b, t].repeat_interleave(W, 0)  # [M, D]
         if gen.decoder is None:
             states = [s]
             for level in range(self.cfg.levels):
                 states.append(gen.advance(states[-1], level, code_vecs[:, level]))
             return states
-        b, t = has_tgt.nonzero(as_tuple=True)  # [P] each, the same order as H[has_tgt]
         T = H.shape[1]
         allowed = (torch.arange(T, device=H.device)[None] <= t[:, None]) & has_in[b]  # [P, T]
         allowed[torch.arange(len(t), device=H.device), t] = True
         seq = gen.decoder.start(s)
         for level in range(self.cfg.levels):
             seq = gen.decoder.append(seq, level, code_vecs[:, level])
-        return list(gen.decoder(seq, H[b], allowed).unbind(1))
+        return list(gen.decoder(seq, H[b], allowed).unbind(1))  # the decoder groups a target's W rows
+
+    def sequence_log_probs(self, states: list[torch.Tensor], codes: torch.Tensor,
+                           suffix: torch.Tensor | None) -> torch.Tensor:
+        """log P(item) [M] under the generator: the sum over levels of each code's log-softmax (over the
+        trie's children of its prefix with model.trie_softmax, as beam search scores), from the decoded
+        ``states`` of the items' own ``codes`` [M, L] and collision ``suffix`` [M] (None: no suffix level).
+        Beam search's score of a whole SID; ``item_log_probs`` is its no-training twin."""
+        cfg = self.cfg
+        children = self.trie_children(codes) if cfg.trie_softmax and self.trie is not None else None
+        tokens = codes if suffix is None else torch.cat([codes, suffix[:, None]], 1)  # [M, L(+1)]
+        total = states[0].new_zeros(codes.shape[0])
+        for level in range(tokens.shape[1]):
+            child = children[level] if children is not None else None
+            logits = self.level_logits(states[level], level, child)
+            if child is not None:  # a finite fill; the item's own token always stays in
+                own = F.one_hot(tokens[:, level], logits.shape[-1]).bool()
+                logits = logits.masked_fill(~((child >= 0) | own), -1e9)
+            total = total + F.log_softmax(logits, -1).gather(1, tokens[:, level : level + 1]).squeeze(1)
+        return total
+
+    @torch.no_grad()
+    def item_log_probs(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The generator's log-probability [B, C] of items [B, C] as the next item after ``history`` [B, T]:
+        the score ``retrieve`` gives the items it returns (its parity test), for any item."""
+        self._ready()
+        H = self.split_states(self.history_states(history))[1]  # [B, T, D]
+        B, C = items.shape
+        has_in = history != 0
+        b = torch.arange(B, device=history.device)
+        t = torch.full_like(b, history.shape[1] - 1)
+        flat = items.flatten()
+        codes = self.table.codes.to(items.device)[flat]
+        vecs = self.quantizer.codebooks[torch.arange(codes.shape[1], device=items.device)[None], codes]
+        states = self.decoded_states(H, has_in, b, t, vecs)
+        suffix = self.table.suffix.to(items.device)[flat].clamp(max=self.cfg.max_suffix - 1)
+        return self.sequence_log_probs(states, codes, suffix).view(B, C)
 
     @torch.no_grad()
     def trie_children(self, codes: torch.Tensor) -> list[torch.Tensor]:

@@ -82,6 +82,37 @@ class JointLosses:
         return {"codebook": vq["codebook"] + self.cfg.loss.commitment * vq["commitment"],
                 "balance": vq["balance"], "reconstruction": recon, "cost": cost, "unisid": unisid}
 
+    def listwise_loss(self, H: torch.Tensor, has_in: torch.Tensor, has_tgt: torch.Tensor, targets: torch.Tensor,
+                      pos: torch.Tensor, neg: torch.Tensor, negatives: torch.Tensor, step: int) -> torch.Tensor:
+        """KL(ranker || generator) over the ranker's best items, for up to model.listwise_rows targets.
+
+        H [B, T, D]: the generator's history states; targets [P] the next items at ``has_tgt``; pos [P, 1]
+        and neg [P, Nn] the ranker's logits of the targets and of ``negatives`` [Nn] (-inf = excluded).
+        The candidates are each row's target and the ranker's listwise_candidates - 1 best negatives; the
+        teacher is the ranker's softmax over them (no gradient), the student the generator's whole-SID
+        log-probabilities (as beam search scores them) renormalised over the same items.
+        """
+        cfg = self.cfg
+        P = targets.shape[0]
+        rows = torch.randperm(P, device=targets.device)[: cfg.listwise_rows]  # [R]
+        top = neg[rows].detach().topk(min(cfg.listwise_candidates - 1, neg.shape[1]), dim=1)  # [R, K-1]
+        items = torch.cat([targets[rows, None], negatives[top.indices]], 1)  # [R, K]
+        teacher = torch.softmax(torch.cat([pos[rows].detach(), top.values], 1).float(), -1)  # [R, K]
+        flat = items.flatten()
+        if self.sids_fixed:
+            qo = self.fixed_quantize(flat)
+            codes, vecs = qo.codes, qo.code_vecs  # [R*K, L], [R*K, L, D]
+        else:  # the catalogue's cached codes (no gradient into the tokenizer from this term)
+            vecs = self.negative_code_vecs(step)[flat]
+            codes = self._neg_codes[2][flat]
+        b, t = has_tgt.nonzero(as_tuple=True)
+        states = self.decoded_states(H, has_in, b[rows], t[rows], vecs)
+        suffix = None
+        if self.table is not None:
+            suffix = self.table.suffix.to(flat.device)[flat].clamp(max=cfg.max_suffix - 1)
+        student = self.sequence_log_probs(states, codes, suffix).view(items.shape)  # [R, K]
+        return F.kl_div(F.log_softmax(student, -1), teacher, reduction="batchmean")
+
     def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unweighted loss terms for one batch; ``negatives`` [Nn] are shared sampled items."""
         cfg = self.cfg
@@ -155,6 +186,8 @@ class JointLosses:
                 logits = logits.masked_fill(~ok, -1e9)
             gen = gen + F.cross_entropy(logits, suffix)
         terms["generator"] = gen / (cfg.levels + 1)
+        if cfg.loss.listwise > 0 and cfg.loss.ranker > 0:
+            terms["listwise"] = self.listwise_loss(Hg, has_in, has_tgt, tgt[has_tgt], pos, neg, negatives, step)
 
         if not self.tokenizer_frozen and not self.sids_fixed:
             terms.update(self.tokenizer_losses(z, qo, ids))

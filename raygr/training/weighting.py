@@ -32,6 +32,11 @@ def base_weights(cfg: ModelConfig) -> dict[str, float]:
     return w
 
 
+def listwise_ramp(cfg: ModelConfig, step: int) -> float:
+    """Share of model.loss.listwise at ``step``: the ranker must learn before it can teach."""
+    return min(1.0, step / cfg.listwise_warmup_steps) if cfg.listwise_warmup_steps > 0 else 1.0
+
+
 def scheduled_weights(cfg: ModelConfig, step: int) -> dict[str, float]:
     """Generator at full weight from the start; the ranker and tokenizer terms ramp in linearly."""
     ramp = min(1.0, step / max(cfg.ramp_steps, 1))
@@ -49,11 +54,13 @@ class LossWeighter:
 
     def weights(self, step: int) -> dict[str, float]:
         if self.cfg.weighting == "scheduled":
-            return scheduled_weights(self.cfg, step)
-        w = base_weights(self.cfg)
+            w = scheduled_weights(self.cfg, step)
+        else:
+            w = base_weights(self.cfg)
         if self.cfg.weighting == "adaptive":
             for k, m in self.adaptive.items():
                 w[k] *= m
+        w["listwise"] *= listwise_ramp(self.cfg, step)
         return w
 
     def combine(self, terms: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
