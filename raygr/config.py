@@ -211,6 +211,11 @@ class ModelConfig:
     listwise_candidates: int = 20  # the target and the ranker's best others per row
     listwise_rows: int = 128  # targets per step that the term scores (its cost: rows x candidates SIDs)
     listwise_warmup_steps: int = 200  # model.loss.listwise ramps in from 0 over these steps
+    # false: the KL runs over the ranker's other candidates alone. The ranker's softmax gives the observed
+    # item far less than the generator's cross-entropy asks for, so with the target in, the two terms
+    # pull its probability in opposite directions; without it the term teaches only the ranker's order
+    # among the items that did not come next (its "dark knowledge").
+    listwise_target: bool = True
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
     num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the

@@ -60,9 +60,11 @@ def test_item_log_probs_are_beam_search_scores_and_a_distribution(ds, extra):
     assert torch.allclose(total, torch.ones(4), atol=1e-4)
 
 
-def test_the_term_trains_the_generator_from_the_ranker_and_not_the_ranker(ds):
+@pytest.mark.parametrize("with_target", [True, False])
+def test_the_term_trains_the_generator_from_the_ranker_and_not_the_ranker(ds, with_target):
     cfg, model = model_for(ds, "model.preset=joint", *CONTENT, "model.generator_layers=1", "model.loss.listwise=1",
-                           "model.listwise_candidates=5", "model.listwise_rows=16")
+                           "model.listwise_candidates=5", "model.listwise_rows=16",
+                           f"model.listwise_target={str(with_target).lower()}")
     model.train()
     batch = first_batch(ds, cfg)
     negatives = torch.arange(1, model.num_items + 1)

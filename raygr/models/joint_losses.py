@@ -111,6 +111,8 @@ class JointLosses:
         if self.table is not None:
             suffix = self.table.suffix.to(flat.device)[flat].clamp(max=cfg.max_suffix - 1)
         student = self.sequence_log_probs(states, codes, suffix).view(items.shape)  # [R, K]
+        if not cfg.listwise_target:  # the ranker's order among the others only (model.listwise_target)
+            student, teacher = student[:, 1:], teacher[:, 1:] / teacher[:, 1:].sum(-1, keepdim=True).clamp_min(1e-12)
         return F.kl_div(F.log_softmax(student, -1), teacher, reduction="batchmean")
 
     def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
