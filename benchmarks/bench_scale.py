@@ -225,19 +225,24 @@ def main() -> None:
         if proc.returncode != 0 or not lines:
             print(proc.stdout[-4000:])
             raise SystemExit(f"the {label(size)} run failed (exit {proc.returncode}); see {log_path}")
-        key = label(size) + (" streamed" if args.stream else "")
-        runs[key] = {**json.loads(lines[-1][len("RESULT "):]), "load_avg_1m": os.getloadavg()[0]}
+        # Runs with other overrides (a larger batch, say) are rows of their own, compared among themselves.
+        key = label(size) + (" streamed" if args.stream else "") + (f" [{' '.join(args.set)}]" if args.set else "")
+        runs[key] = {**json.loads(lines[-1][len("RESULT "):]), "load_avg_1m": os.getloadavg()[0],
+                     "overrides": list(args.set)}
         print(json.dumps(runs[key], indent=2), flush=True)
         write_result("scale", {"command": " ".join(["python benchmarks/bench_scale.py", *sys.argv[1:]]),
-                               "config": [*MODEL, *args.set], "runs": runs, "summary": summary(runs)})
+                               "config": MODEL, "runs": runs, "summary": summary(runs)})
 
 
 def summary(runs: dict[str, Any]) -> dict[str, Any]:
-    """Per input mode: per-worker peak RSS (and private memory) of the largest size over the smallest's
-    (the goal: at most 1.10)."""
+    """Per input mode and overrides: per-worker peak RSS (and private memory) of the largest size over the
+    smallest's (the goal: at most 1.10)."""
     out = {}
-    for mode in sorted({r["input"] for r in runs.values()}):
-        order = sorted((r for r in runs.values() if r["input"] == mode), key=lambda r: r["interactions"])
+    def group(r: dict[str, Any]) -> str:
+        return r["input"] + (f" [{' '.join(r['overrides'])}]" if r.get("overrides") else "")
+
+    for mode in sorted({group(r) for r in runs.values()}):
+        order = sorted((r for r in runs.values() if group(r) == mode), key=lambda r: r["interactions"])
         if len(order) < 2:
             continue
         lo, hi = order[0], order[-1]
