@@ -94,7 +94,10 @@ class JointLosses:
         """
         cfg = self.cfg
         P = targets.shape[0]
-        rows = torch.randperm(P, device=targets.device)[: cfg.listwise_rows]  # [R]
+        # Rows drawn from a generator of their own: the term leaves the global RNG (dropout, Gumbel noise,
+        # data order) as it was, so a run with it differs from one without by the term alone.
+        g = torch.Generator().manual_seed(step)
+        rows = torch.randperm(P, generator=g)[: cfg.listwise_rows].to(targets.device)  # [R]
         top = neg[rows].detach().topk(min(cfg.listwise_candidates - 1, neg.shape[1]), dim=1)  # [R, K-1]
         items = torch.cat([targets[rows, None], negatives[top.indices]], 1)  # [R, K]
         teacher = torch.softmax(torch.cat([pos[rows].detach(), top.values], 1).float(), -1)  # [R, K]
