@@ -242,3 +242,27 @@ def test_a_checkpoint_brings_its_content_sids(tmp_path, monkeypatch):
     history = torch.randint(1, model.num_items + 1, (3, 5))
     items, _ = model.retrieve(history, k=5)
     assert (items > 0).all()
+
+
+def test_node_scores_at_the_first_level_are_each_childs_own(tmp_path, ds):
+    """Level 0 scores every root child with one matmul: the same as scoring each (row, child) pair."""
+    codes = sid_codes(ds.num_items, codes=4, seed=6)
+    path = write_json(tmp_path / "s.json", ds.items.item_id, codes)
+    cfg = tiny_config("model.sid_source=file", f"model.sid_file={path}", "model.preset=tiger", "model.codes=4",
+                      "model.trie_softmax=true", "model.node_embeddings=true", "model.history_item_id=true")
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=quiet)
+    torch.manual_seed(1)
+    model.node_emb[0].weight.data.normal_(0, 1.0)
+    model.refresh()
+    s = torch.randn(5, cfg.model.dim)
+    child = model.trie_children(model.fixed_codes[1:6])[0]  # [5, 4], the root's children on every row
+    got = model.level_logits(s, 0, child)
+    want = model.generator.logits(s, 0, model.quantizer.codebooks).clone()
+    q = model.generator.query[0](s)
+    for r in range(5):
+        for v in range(child.shape[1]):
+            if child[r, v] >= 0:
+                want[r, v] += q[r] @ model.node_emb[0].weight[child[r, v]]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, model.generator.logits(s, 0, model.quantizer.codebooks))  # the nodes count

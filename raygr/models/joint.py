@@ -363,8 +363,11 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         logits = self.generator.logits(s, level, self.quantizer.codebooks)
         if child is None or self.node_emb is None or level >= len(self.node_emb):
             return logits
-        m, v = (child >= 0).nonzero(as_tuple=True)  # only real children: few below the first level
         q = self.generator.query[level](s)  # [M, D]
+        if level == 0:  # every row's parent is the root: one matmul, not a [M x V, D] gather
+            root = child[0]  # [V], the same for every row
+            return logits + (q @ self.node_emb[0](root.clamp(min=0)).T) * (root >= 0)
+        m, v = (child >= 0).nonzero(as_tuple=True)  # only real children: few below the first level
         score = (q[m] * self.node_emb[level](child[m, v])).sum(-1)
         return logits.index_put((m, v), logits[m, v] + score)
 
