@@ -228,7 +228,10 @@ def main() -> None:
         # Runs with other overrides (a larger batch, say) are rows of their own, compared among themselves.
         key = label(size) + (" streamed" if args.stream else "") + (f" [{' '.join(args.set)}]" if args.set else "")
         runs[key] = {**json.loads(lines[-1][len("RESULT "):]), "load_avg_1m": os.getloadavg()[0],
-                     "overrides": list(args.set)}
+                     "overrides": list(args.set),
+                     "command": " ".join(["python benchmarks/bench_scale.py", "--sizes", label(size),
+                                          *(["--stream"] if args.stream else []),
+                                          *[x for kv in args.set for x in ("--set", kv)]])}
         print(json.dumps(runs[key], indent=2), flush=True)
         write_result("scale", {"command": " ".join(["python benchmarks/bench_scale.py", *sys.argv[1:]]),
                                "config": MODEL, "runs": runs, "summary": summary(runs)})
