@@ -322,6 +322,10 @@ class TrainConfig:
     # recipe on CPU: a third of each step was system time; with it a step took 1.4-1.6x less CPU time and peak RSS
     # 6-13 % higher (benchmarks/bench_allocator.py, docs/results.md). false: glibc's defaults.
     keep_freed_memory: bool = True
+    # With keep_freed_memory: every this many steps the free heap pages go back to the system (malloc_trim).
+    # Without it the kept heap only grows (fragments of tensors whose shape changes from step to step);
+    # 0 = never.
+    trim_every_steps: int = 100
     log_every: int = 50  # a progress line every this many steps (0 = only the per-epoch line)
     # A checkpoint or run directory on the same data whose sequence encoder and item-ID tables start a new
     # run (weights only). A sasrec run starts the joint model as that SASRec. Unused when a run resumes.
@@ -343,6 +347,7 @@ class TrainConfig:
         _check(0 <= self.lr_floor <= 1, "train.lr_floor", "must be in [0, 1] (a fraction of train.lr)")
         _check(self.lr_hold_epochs >= 0, "train.lr_hold_epochs", "must be >= 0 (0 = no hold)")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.trim_every_steps >= 0, "train.trim_every_steps", "must be >= 0 (0 = never)")
         _check(self.beam_size >= 1, "train.beam_size", "must be >= 1")
         _check(self.num_candidates >= 1, "train.num_candidates", "must be >= 1")
         _check(self.prefix_levels >= 0, "train.prefix_levels", "must be >= 0 (0 = retrieve whole SIDs)")

@@ -56,3 +56,46 @@ def test_the_config_decides(tmp_path, monkeypatch, keep):
     ds = tiny_dataset(tmp_path, num_users=50, num_items=30)
     TrainContext.create(build_model(cfg, ds), cfg, 5, verbose=False)
     assert calls == ([1] if keep else [])
+
+
+def test_trimming_gives_the_kept_heap_back():
+    # A kept 256 MiB block stays resident after free; release_freed_memory (malloc_trim) returns its pages.
+    code = """
+import ctypes, sys
+from raygr.training import allocator
+assert allocator.retain_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+n = 256 << 20
+p = libc.malloc(n)
+ctypes.memset(p, 1, n)
+libc.free(p)
+kept = rss()
+assert allocator.release_freed_memory()
+print(kept, rss())
+"""
+    if allocator._glibc() is None:
+        pytest.skip("not glibc")
+    kept, trimmed = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout.split())
+    assert kept - trimmed > 200  # MiB
+
+
+def test_the_training_step_trims_every_n_steps(tmp_path, monkeypatch):
+    from raygr.data.windows import make_train_windows_csr
+    from raygr.models.batch import TrainBatch
+    from raygr.training.loop import train_step
+
+    calls = []
+    monkeypatch.setattr("raygr.training.loop.release_freed_memory", lambda: calls.append(1) or True)
+    cfg = tiny_config("model.preset=sasrec", "train.trim_every_steps=3")
+    ds = tiny_dataset(tmp_path, num_users=50, num_items=30)
+    ctx = TrainContext.create(build_model(cfg, ds), cfg, 10, verbose=False)
+    w = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
+    batch = TrainBatch.from_mapping({k: v[:16] for k, v in w.items()})
+    for step in range(1, 8):
+        train_step(ctx, batch, step)
+    assert len(calls) == 2  # steps 3 and 6

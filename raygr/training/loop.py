@@ -28,7 +28,7 @@ from raygr.metrics import DEFAULT_KS, decoding_health, metrics_from_ranks, ranks
 from raygr.models.batch import TrainBatch
 from raygr.models.joint import GenerativeRecommender
 from raygr.models.schedules import lr_factor, temperature
-from raygr.training.allocator import retain_freed_memory
+from raygr.training.allocator import release_freed_memory, retain_freed_memory
 from raygr.training.enhancer import HardNegativeMiner
 from raygr.training.warm_start import warm_start
 from raygr.training.weighting import LossWeighter
@@ -237,6 +237,8 @@ def train_step(ctx: TrainContext, batch: TrainBatch, step: int) -> dict[str, flo
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.train.grad_clip)
     ctx.optimizer.step()
+    if cfg.train.keep_freed_memory and cfg.train.trim_every_steps > 0 and step % cfg.train.trim_every_steps == 0:
+        release_freed_memory()
     mined = ctx.miner.maybe_mine(ctx.core, batch, step)
     revived = maybe_revive_codes(ctx, step)
     sigma = sigma_in_force(ctx.core)  # this step's, before a fix at the horizon makes it 0
