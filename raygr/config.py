@@ -88,7 +88,10 @@ class LossWeights:
     codebook: float = 1.0  # codebook + commitment (VQ)
     commitment: float = 0.25  # beta of the commitment term, relative to the codebook term
     reconstruction: float = 0.5  # item content rebuilt from its SID
-    cost: float = 0.1  # CoST: InfoNCE item embedding <-> quantized reconstruction
+    # CoST: InfoNCE item embedding <-> quantized reconstruction. 0.6 (was 0.1), learned SIDs at equal budget:
+    # Scientific 20 epochs retrieve-then-rank N@10 +9.1 %, generator alone +11.6 % (the tune search's best
+    # trial); Beauty 10 epochs +6.1 % / +26 %, colliding items .243 vs .412 (docs/results.md, sessions 16-17).
+    cost: float = 0.6
     unisid: float = 0.1  # UniSID: InfoNCE at every level's prefix
     balance: float = 0.3  # code-balance: KL(batch code distribution || uniform)
     # Ranker -> generator listwise distillation (model.listwise_*): the generator's item probabilities
