@@ -210,7 +210,8 @@ class ModelConfig:
     # generator alone ranks its own beam worse than the ranker re-ranks it; this teaches it the
     # ranker's order where N@10 is decided, unlike generator_distill's per-level marginals over the
     # whole catalogue. Its weight ramps in linearly over listwise_warmup_steps (an untrained ranker
-    # is no teacher).
+    # is no teacher). Measured on Scientific (docs/results.md, session 17): model.loss.listwise 0.1 ran
+    # level with none (generator alone +1.5 % at epoch 17), 1 far below; off by default.
     listwise_candidates: int = 20  # the target and the ranker's best others per row
     listwise_rows: int = 128  # targets per step that the term scores (its cost: rows x candidates SIDs)
     listwise_warmup_steps: int = 200  # model.loss.listwise ramps in from 0 over these steps
