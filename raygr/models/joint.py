@@ -141,11 +141,20 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         """The file's codes for items ``ids`` [M], as a quantizer output (one-hot assignment, no losses)."""
         codes = self.fixed_codes[ids]  # [M, L]
         C = self.quantizer.codebooks  # [L, K, D]
-        vecs = C[torch.arange(C.shape[0], device=ids.device)[None], codes]  # [M, L, D]
+        vecs = self.code_vectors(codes)  # [M, L, D]
         onehot = F.one_hot(codes, C.shape[1]).to(C.dtype)
         zero = C.new_zeros(())
         return QuantizerOutput(codes=codes, assign=onehot, soft=onehot, code_vecs=vecs,
                                losses={"codebook": zero, "commitment": zero, "balance": zero})
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Each level's code embedding [M, L, D] for SIDs ``codes`` [M, L]."""
+        C = self.quantizer.codebooks  # [L, K, D]
+        return C[torch.arange(C.shape[0], device=codes.device)[None], codes]
+
+    def suffix_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """The collision-suffix token of items [...] in the SID table, within the model.max_suffix slots."""
+        return self.table.suffix.to(items.device)[items].clamp(max=self.cfg.max_suffix - 1)
 
     # -- training ---------------------------------------------------------------------------------
     def quantize_items(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, QuantizerOutput]:
@@ -242,10 +251,8 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         t = torch.full_like(b, history.shape[1] - 1)
         flat = items.flatten()
         codes = self.table.codes.to(items.device)[flat]
-        vecs = self.quantizer.codebooks[torch.arange(codes.shape[1], device=items.device)[None], codes]
-        states = self.decoded_states(H, has_in, b, t, vecs)
-        suffix = self.table.suffix.to(items.device)[flat].clamp(max=self.cfg.max_suffix - 1)
-        return self.sequence_log_probs(states, codes, suffix).view(B, C)
+        states = self.decoded_states(H, has_in, b, t, self.code_vectors(codes))
+        return self.sequence_log_probs(states, codes, self.suffix_tokens(flat)).view(B, C)
 
     @torch.no_grad()
     def trie_children(self, codes: torch.Tensor) -> list[torch.Tensor]:

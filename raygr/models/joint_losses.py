@@ -110,9 +110,7 @@ class JointLosses:
             codes = self._neg_codes[2][flat]
         b, t = has_tgt.nonzero(as_tuple=True)
         states = self.decoded_states(H, has_in, b[rows], t[rows], vecs)
-        suffix = None
-        if self.table is not None:
-            suffix = self.table.suffix.to(flat.device)[flat].clamp(max=cfg.max_suffix - 1)
+        suffix = self.suffix_tokens(flat) if self.table is not None else None
         student = self.sequence_log_probs(states, codes, suffix).view(items.shape)  # [R, K]
         if not cfg.listwise_target:  # the ranker's order among the others only (model.listwise_target)
             student, teacher = student[:, 1:], teacher[:, 1:] / teacher[:, 1:].sum(-1, keepdim=True).clamp_min(1e-12)
@@ -184,7 +182,7 @@ class JointLosses:
                 logits = logits.masked_fill(~(valid[level] | (a.detach() > 0)), -1e9)
             gen = gen + -(a * F.log_softmax(logits, -1)).sum(-1).mean()
         if self.table is not None:
-            suffix = self.table.suffix.to(tgt.device)[tgt[has_tgt]].clamp(max=cfg.max_suffix - 1)
+            suffix = self.suffix_tokens(tgt[has_tgt])
             logits = self.level_logits(states[cfg.levels], cfg.levels)
             if valid is not None:
                 ok = valid[cfg.levels] | F.one_hot(suffix, logits.shape[-1]).bool()
