@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--letter-sids", default="", help="write LETTER's Beauty SIDs here as a SID file first")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "raygr-bench"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", default="", help="write the best epoch as a checkpoint here (a train.init_from)")
     args = ap.parse_args()
     if args.merge:
         merge_into_beauty()
@@ -83,20 +84,21 @@ def main() -> None:
     sets = [f"train.epochs={args.epochs}", "data.num_eval_users=5000", *args.set]
     cfg = load_config(args.config, sets)
     t0 = time.perf_counter()
-    model, state, test = train_local(cfg, data, log=lambda s: print(f"[{args.variant}] {s}", flush=True))
+    model, state, test = train_local(cfg, data, log=lambda s: print(f"[{args.variant}] {s}", flush=True),
+                                     checkpoint_dir=args.save or None)
     config = Path(args.config).resolve()  # a config outside the repository (a tune search's) stays absolute
     row = {
         "variant": args.variant, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
         "overrides": sets,
         "data": data, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
         "valid": [{"epoch": h["epoch"], "ndcg@10": h["valid"]["ndcg@10"],
-                   "retrieval_ndcg@10": h["valid"]["retrieval_only"]["ndcg@10"],
+                   "retrieval_ndcg@10": h["valid"].get("retrieval_only", h["valid"])["ndcg@10"],  # sasrec: one
                    "train_loss": h["train"].get("loss"), "train_s": h["train_s"],
                    "teacher_forced_accuracy": h["valid"].get("teacher_forced_accuracy"),
                    "codebook": {k: h["codebook"].get(k) for k in ("collision_rate", "utilization", "sid_changed")}}
                   for h in state.history],
         "test": {k: test[k] for k in KEYS},
-        "retrieval_only": {k: test["retrieval_only"][k] for k in KEYS},
+        "retrieval_only": {k: test.get("retrieval_only", test)[k] for k in KEYS},
         "candidates_per_user": test.get("candidates_per_user", 0.0),
         "codebook": codebook_health(model),
         "wall_s": time.perf_counter() - t0, "threads": args.threads,

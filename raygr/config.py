@@ -120,9 +120,13 @@ class ModelConfig:
     token_buckets: int = 32768  # hash buckets of the content-token EmbeddingBag
     use_item_id: bool = False  # add an item-ID embedding to the content encoder (SASRec: ID inputs)
     ranker_item_id: bool = True  # the ranker sees the candidate's ID embedding beside its SID
-    # The tokenizer inside the ranker (DIG): the ranker scores a candidate through its SID code vectors, so
-    # the ranking loss reaches the codebooks. false: the candidate's ID embedding alone (an ablation).
-    ranker_codes: bool = True
+    # The tokenizer inside the ranker (DIG) in full: the ranker scores a candidate through its SID code
+    # vectors too, so the ranking loss reaches the codebooks through the candidates as well as through the
+    # history items it reads. false (default): candidates by their ID embedding alone. Measured off better,
+    # retrieve-then-rank / generator-alone N@10: Beauty learned SIDs +17 % / +70 %, Scientific +11 % / +16 %
+    # (docs/results.md, sessions 15 and 17): the full-softmax gradient on the code vectors pulled them
+    # away from what the generator decodes with.
+    ranker_codes: bool = False
     # History items enter the sequence encoder as their SID code vectors plus an item-ID embedding
     # (false: SID code vectors only). Items that share a SID prefix stay distinguishable in the history.
     history_item_id: bool = False
@@ -146,6 +150,10 @@ class ModelConfig:
     # singular vectors of the training interactions' item-transition PPMI matrix (0 = text alone). Text
     # alone puts items that read alike under one prefix; with this, items bought in the same contexts.
     sid_collab_weight: float = 0.0
+    # With model.sid_source=content and train.init_from (a sasrec run on the same data): weight of a third
+    # block, the item table that run's recommendation loss learned, so the SIDs group items by what the
+    # next-item objective found alike, beside text and co-occurrence (0 = without it).
+    sid_rec_weight: float = 0.0
     # With model.sid_source=file: JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's
     # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.
     sid_file: str | None = None
@@ -221,7 +229,10 @@ class ModelConfig:
     # among the items that did not come next (its "dark knowledge").
     listwise_target: bool = True
     ranker_loss: Literal["softmax", "bce"] = "softmax"  # sampled softmax over the negatives, or per-item BCE
-    num_negatives: int = 128  # ranker negatives per step; >= the catalogue size = full softmax over every item
+    # Negatives per step of the ranker's softmax, and of SASRec's: uniform items shared by the batch
+    # (sampled softmax). 0, or >= the catalogue size: the full softmax over every item (SASRec's preset
+    # default; sampled, a 50,000-item catalogue costs it ~1/50 of the output layer).
+    num_negatives: int = 128
     # 0: the ranker's negatives go through the quantizer with gradients every step, so they train the
     # tokenizer too. N > 0: their code vectors come from a no-gradient pass over the catalogue redone
     # every N steps; only the batch's own items are quantized with gradients. With the full catalogue as
@@ -246,7 +257,7 @@ class ModelConfig:
         _check(self.codes >= 2, "model.codes", "must be >= 2")
         _check(self.max_suffix >= 1, "model.max_suffix", "must be >= 1")
         _check(self.token_buckets >= 16, "model.token_buckets", "must be >= 16")
-        _check(self.num_negatives >= 1, "model.num_negatives", "must be >= 1")
+        _check(self.num_negatives >= 0, "model.num_negatives", "must be >= 0 (0 = full softmax over every item)")
         _check(self.dead_code_steps >= 0, "model.dead_code_steps", "must be >= 0 (0 = off)")
         _check(self.hard_negatives >= 0, "model.hard_negatives", "must be >= 0")
         _check(self.enhancer_every >= 0, "model.enhancer_every", "must be >= 0 (0 = off)")
@@ -265,6 +276,9 @@ class ModelConfig:
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
                "is needed with model.sid_source=file and only then (set both, or neither)")
         _check(self.sid_collab_weight >= 0, "model.sid_collab_weight", "must be >= 0 (0 = text vectors alone)")
+        _check(self.sid_rec_weight >= 0, "model.sid_rec_weight", "must be >= 0 (0 = without the recommender's items)")
+        _check(self.sid_rec_weight == 0 or self.sid_source == "content", "model.sid_rec_weight",
+               "quantizes with the content SIDs only: set model.sid_source=content, or model.sid_rec_weight=0")
         _check(not self.node_embeddings or (self.sid_source != "tokenizer" and self.trie_softmax),
                "model.node_embeddings", "needs fixed SIDs (model.sid_source=file or content) and "
                "model.trie_softmax=true")
@@ -429,6 +443,8 @@ class Config:
             getattr(self, f.name).validate()
         _check(self.train.prefix_levels <= self.model.levels, "train.prefix_levels",
                f"must be <= model.levels ({self.model.levels}): a prefix is at most the whole code sequence")
+        _check(self.model.sid_rec_weight == 0 or bool(self.train.init_from), "model.sid_rec_weight",
+               "needs train.init_from: the sasrec run whose item table the SIDs quantize")
         return self
 
 
@@ -445,7 +461,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # ID-based causal Transformer with full softmax over the catalogue (SASRec): no SIDs, no ranker.
     "sasrec": {
-        "model": {"use_item_id": True, "weighting": "fixed", "enhancer_every": 0, "dropout": 0.5},
+        "model": {"use_item_id": True, "weighting": "fixed", "enhancer_every": 0, "dropout": 0.5,
+                  "num_negatives": 0},
         "train": {"lr": 1e-3},
     },
 }

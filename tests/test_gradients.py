@@ -188,7 +188,8 @@ def test_tied_item_ids_are_one_table_the_ranker_trains_for_the_history(dataset):
 def test_sid_residual_starts_as_an_id_model_and_its_sid_branches_learn(dataset):
     # With model.sid_residual the ranker scores <h, item-ID embedding> and history items enter as their
     # ID embeddings at step 0 (SASRec), while the zero-initialised SID branches still get gradients.
-    cfg = tiny_config("model.preset=joint", "model.history_item_id=true", "model.sid_residual=true")
+    cfg = tiny_config("model.preset=joint", "model.history_item_id=true", "model.sid_residual=true",
+                      "model.ranker_codes=true")  # the ranker's item branch exists to learn only then
     model = build_model(cfg, dataset)
     initialise(model, cfg, log=lambda s: None)
     ids = torch.arange(1, model.num_items + 1)

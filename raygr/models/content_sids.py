@@ -109,17 +109,20 @@ def transition_vectors(offsets: np.ndarray, items: np.ndarray, num_items: int, d
     return (U * S.sqrt()).numpy()
 
 
-def sid_vectors(content: np.ndarray | None, collaborative: np.ndarray | None, collab_weight: float) -> torch.Tensor:
+def sid_vectors(content: np.ndarray | None, collaborative: np.ndarray | None, collab_weight: float,
+                recommender: np.ndarray | None = None, rec_weight: float = 0.0) -> torch.Tensor:
     """What residual k-means sees: each block standardised per dimension and scaled to the same total
     variance (so a 256-d text block does not outvote a 64-d one by its width), the collaborative block
-    times ``collab_weight``."""
+    times ``collab_weight``, the recommender's item table (``recommender`` [N, D]) times ``rec_weight``."""
     blocks = []
     if content is not None:
         x = _standardised(content, "item vectors")
         blocks.append(x / x.shape[1] ** 0.5)
-    if collaborative is not None and collab_weight > 0:
-        c = _standardised(collaborative, "collaborative vectors")
-        blocks.append(collab_weight * c / c.shape[1] ** 0.5)
+    for name, v, w in (("collaborative vectors", collaborative, collab_weight),
+                       ("recommender item vectors", recommender, rec_weight)):
+        if v is not None and w > 0:
+            c = _standardised(v, name)
+            blocks.append(w * c / c.shape[1] ** 0.5)
     if not blocks:
         raise ValueError("no item vectors to quantize: give content vectors or a collaborative weight > 0")
     return torch.cat(blocks, 1)

@@ -1,5 +1,10 @@
 """SASRec: ID-based causal Transformer trained with full softmax over the catalogue (the strong baseline).
 
+With fewer negatives than items (``model.num_negatives``, the loop's uniform draw shared by the batch)
+it trains with sampled softmax instead: the target against those items, any draw of the target itself
+masked. Uniform sampling shifts every negative's logit by the same log-probability, so no correction
+is needed. Scoring and retrieval are over the full catalogue either way.
+
 It shares the sequence encoder and the training/evaluation code with the generative model and
 exposes the same interface (``losses``, ``refresh``, ``retrieve``, ``recommend``).
 """
@@ -37,9 +42,17 @@ class SASRec(nn.Module):
     def losses(self, batch: TrainBatch, step: int, negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         has_tgt = batch.target > 0
         h = self.seq(self.item_emb(batch.input), batch.input == 0)[has_tgt]  # [P, D]
+        target = batch.target[has_tgt]  # [P]
+        if negatives is not None and len(negatives) < self.num_items:
+            table = self.output_table()
+            pos = (h * table[target]).sum(-1, keepdim=True)  # [P, 1]
+            neg = h @ table[negatives].T  # [P, Nn]
+            neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+            logits = torch.cat([pos, neg], 1)  # the target is class 0
+            return {"generator": F.cross_entropy(logits, torch.zeros_like(target))}
         logits = h @ self.output_table().T  # [P, N+1]
         logits[:, 0] = float("-inf")
-        return {"generator": F.cross_entropy(logits, batch.target[has_tgt])}
+        return {"generator": F.cross_entropy(logits, target)}
 
     forward = losses  # so DDP wraps the loss computation
 

@@ -17,7 +17,8 @@ from raygr.models.batch import TrainBatch
 
 class HardNegativeMiner:
     def __init__(self, num_items: int, num_negatives: int, hard_per_user: int, every: int, pool_size: int = 4096):
-        self.num_items, self.num_negatives = num_items, num_negatives
+        self.num_items = num_items
+        self.num_negatives = num_items if num_negatives == 0 else num_negatives  # 0: every item
         self.hard_per_user, self.every = hard_per_user, every
         self.pool = torch.zeros(0, dtype=torch.long)
         self.pool_size = pool_size

@@ -48,7 +48,8 @@ def fixed_sids(cfg: Config, dataset: Dataset):
 
 def semantic_sids(cfg: Config, dataset: Dataset) -> np.ndarray:
     """model.sid_source=content: residual k-means over the dense item vectors, joined by the training
-    interactions' transition vectors when model.sid_collab_weight > 0."""
+    interactions' transition vectors when model.sid_collab_weight > 0 and by train.init_from's item table
+    when model.sid_rec_weight > 0."""
     m = cfg.model
     if dataset.items.dense is None and m.sid_collab_weight <= 0:
         raise ConfigError(f"model.sid_source=content needs dense item vectors, and {dataset.root} has none: "
@@ -58,5 +59,25 @@ def semantic_sids(cfg: Config, dataset: Dataset) -> np.ndarray:
     if m.sid_collab_weight > 0:
         seqs = dataset.sequences
         collab = transition_vectors(seqs.offsets, seqs.items, dataset.num_items, seed=cfg.train.seed)
-    x = sid_vectors(dataset.items.dense, collab, m.sid_collab_weight)
+    rec = recommender_items(cfg.train.init_from, dataset.num_items) if m.sid_rec_weight > 0 else None
+    x = sid_vectors(dataset.items.dense, collab, m.sid_collab_weight, rec, m.sid_rec_weight)
     return content_sids(x, m.levels, m.codes, seed=cfg.train.seed, standardise=False)
+
+
+def recommender_items(checkpoint: str, num_items: int) -> np.ndarray:
+    """The item table [N, D] a recommender's loss trained (model.sid_rec_weight): a sasrec checkpoint's
+    output table (its item table when tied), a joint one's ranker item-ID table."""
+    from raygr.training.checkpoint import MODEL_FILE, read_checkpoint
+
+    info = read_checkpoint(checkpoint)
+    saved = torch.load(info.path / MODEL_FILE, map_location="cpu", weights_only=True)
+    name = next((n for n in ("out_emb.weight", "item_emb.weight", "ranker.item_id.weight") if n in saved), None)
+    if name is None:
+        raise ConfigError(f"model.sid_rec_weight: checkpoint {info.path} ({info.config.model.preset}) has no item "
+                          "table to quantize: train.init_from must be a sasrec run, or a joint run with "
+                          "model.ranker_item_id=true")
+    table = saved[name][1:].numpy()  # row 0 is padding
+    if table.shape[0] != num_items:
+        raise ConfigError(f"model.sid_rec_weight: {name} in {info.path} has {table.shape[0]} items, the dataset "
+                          f"{num_items}")
+    return table

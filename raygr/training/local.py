@@ -33,7 +33,9 @@ def eval_split(dataset: Dataset, cfg: Config, split: str, limit: int | None = No
 
 
 def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], None] = print,
-                device: str = "cpu") -> tuple[nn.Module, TrainState, dict[str, Any]]:
+                device: str = "cpu", checkpoint_dir: str | None = None) -> tuple[nn.Module, TrainState, dict[str, Any]]:
+    """``checkpoint_dir``: where the best epoch's weights land as a checkpoint (e.g. for another run's
+    ``train.init_from``); its optimizer state is the last epoch's."""
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     check_warm_start(cfg, ds.manifest)
     windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
@@ -51,6 +53,9 @@ def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], Non
                 eval_split(ds, cfg, "valid"), on_epoch_end=keep_best, log=log)
     if best:
         model.load_state_dict(best)
+    if checkpoint_dir:
+        from raygr.training.checkpoint import DatasetIdentity, save_checkpoint
+        save_checkpoint(checkpoint_dir, ctx, state, DatasetIdentity.from_manifest(ds.manifest))
     torch.manual_seed(cfg.train.seed)
     test = evaluate(model, eval_split(ds, cfg, "test", limit=0), cfg, device)
     return model, state, test

@@ -1,0 +1,63 @@
+"""model.sid_rec_weight: content SIDs that also quantize the item table a SASRec run learned
+(train.init_from), so a joint run's SIDs come from the recommendation loss as well as from text."""
+
+import numpy as np
+import pytest
+import torch
+
+from raygr.config import ConfigError
+from raygr.models.content_sids import content_sids, sid_vectors, transition_vectors
+from raygr.training.factory import build_model, semantic_sids
+from raygr.training.local import train_local
+from tests.helpers import quiet, tiny_config, tiny_dataset
+
+CONTENT = ["model.sid_source=content", "model.codes=16", "model.sid_collab_weight=1"]
+
+
+@pytest.fixture(scope="module")
+def sasrec_run(tmp_path_factory):
+    """A tiny dataset with text vectors, and a SASRec checkpoint trained on it (Ray-free)."""
+    root = tmp_path_factory.mktemp("recsids")
+    ds = tiny_dataset(root, num_users=300, num_items=60)
+    ds.items.dense = np.random.default_rng(2).normal(size=(ds.num_items, 8)).astype(np.float32)
+    torch.set_num_threads(1)
+    cfg = tiny_config("model.preset=sasrec", "model.num_negatives=0", "train.epochs=2")
+    model, _, _ = train_local(cfg, ds, log=quiet, checkpoint_dir=str(root / "sasrec"))
+    return ds, root / "sasrec", model.item_emb.weight.detach()[1:].numpy()
+
+
+def test_the_sids_quantize_text_co_occurrence_and_the_sasrec_item_table(sasrec_run):
+    ds, ckpt, table = sasrec_run
+    cfg = tiny_config(*CONTENT, "model.sid_rec_weight=1", f"train.init_from={ckpt}")
+    got = semantic_sids(cfg, ds)
+    seqs = ds.sequences
+    collab = transition_vectors(seqs.offsets, seqs.items, ds.num_items, seed=cfg.train.seed)
+    want = content_sids(sid_vectors(ds.items.dense, collab, 1.0, table, 1.0), 3, 16, seed=0, standardise=False)
+    assert (got == want).all()  # the checkpoint's (tied) item table, padding row left out
+    assert len({tuple(r) for r in got.tolist()}) == ds.num_items  # still one-to-one
+    without = semantic_sids(tiny_config(*CONTENT), ds)
+    assert (got != without).any(1).mean() > 0.3  # the table moves items, not just a few
+
+
+def test_a_joint_run_builds_on_them_and_starts_from_the_sasrec_weights(sasrec_run):
+    ds, ckpt, table = sasrec_run
+    cfg = tiny_config(*CONTENT, "model.preset=joint", "model.history_item_id=true", "model.sid_residual=true",
+                      "model.sid_rec_weight=1", f"train.init_from={ckpt}", "model.trie_softmax=true",
+                      "model.node_embeddings=true", "model.generator_layers=1", "train.epochs=1")
+    model, state, test = train_local(cfg, ds, log=quiet)
+    assert (model.fixed_codes[1:].numpy() == semantic_sids(cfg, ds)).all()
+    assert state.epoch == 1 and test["ndcg@10"] > 0
+
+
+def test_bad_settings_name_the_key(sasrec_run, tmp_path):
+    ds, ckpt, _ = sasrec_run
+    with pytest.raises(ConfigError, match="model.sid_rec_weight.*needs train.init_from"):
+        tiny_config(*CONTENT, "model.sid_rec_weight=1")
+    with pytest.raises(ConfigError, match="model.sid_rec_weight.*model.sid_source=content"):
+        tiny_config("model.sid_rec_weight=1", f"train.init_from={ckpt}")
+    with pytest.raises(ConfigError, match="model.sid_rec_weight.*>= 0"):
+        tiny_config(*CONTENT, "model.sid_rec_weight=-1", f"train.init_from={ckpt}")
+    other = tiny_dataset(tmp_path, num_users=100, num_items=40)
+    other.items.dense = np.ones((40, 8), np.float32)
+    with pytest.raises(ConfigError, match="has 60 items, the dataset 40"):
+        build_model(tiny_config(*CONTENT, "model.sid_rec_weight=1", f"train.init_from={ckpt}"), other)
