@@ -61,3 +61,17 @@ def test_bad_settings_name_the_key(sasrec_run, tmp_path):
     other.items.dense = np.ones((40, 8), np.float32)
     with pytest.raises(ConfigError, match="has 60 items, the dataset 40"):
         build_model(tiny_config(*CONTENT, "model.sid_rec_weight=1", f"train.init_from={ckpt}"), other)
+
+
+def test_written_sids_train_a_file_sid_run_on_the_same_codes(sasrec_run, tmp_path):
+    """write_sids (benchmarks/write_sids.py): a tiger run with model.sid_source=file trains on exactly
+    the SIDs the content config computed, without warm-starting from the SASRec run."""
+    from raygr.data.sid_file import load_sids, write_sids
+    ds, ckpt, _ = sasrec_run
+    codes = semantic_sids(tiny_config(*CONTENT, "model.sid_rec_weight=1", f"train.init_from={ckpt}"), ds)
+    path = write_sids(tmp_path / "sids.json", ds.items.item_id, codes)
+    assert not (tmp_path / "sids.json.tmp").exists()
+    assert (load_sids(path, ds.items.item_id) == codes).all()
+    cfg = tiny_config("model.preset=tiger", "model.sid_source=file", f"model.sid_file={path}", "model.codes=16",
+                      "model.trie_softmax=true", "model.node_embeddings=true", "model.history_item_id=true")
+    assert (build_model(cfg, ds).fixed_codes[1:].numpy() == codes).all()

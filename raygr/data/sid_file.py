@@ -95,3 +95,15 @@ def load_sids(path: str | Path, item_ids: list[str]) -> np.ndarray:
                                "every SID needs the same length")
         out.append([_code(v, path, key, level) for level, v in enumerate(sid)])
     return np.asarray(out, dtype=np.int64)
+
+
+def write_sids(path: str | Path, item_ids: list[str], codes: np.ndarray) -> Path:
+    """Write SIDs [N, L] (row i = item ``item_ids[i]``) as a JSON SID file ``load_sids`` reads back; the
+    file appears whole or not at all."""
+    path = Path(path)
+    if len(item_ids) != len(codes):
+        raise ValueError(f"{len(item_ids)} item ids for {len(codes)} SIDs")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({k: [int(c) for c in row] for k, row in zip(item_ids, codes, strict=True)}))
+    tmp.replace(path)
+    return path
