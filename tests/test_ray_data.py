@@ -106,3 +106,18 @@ def test_pipeline_yields_the_numpy_windows(ray_cluster, tmp_path, shuffle_buffer
     assert np.array_equal(canonical(got), canonical(want))  # every window exactly once
     if shuffle_buffer:  # and not in the windows' own order
         assert not np.array_equal(got, want)
+
+
+def test_window_blocks_stay_small_as_the_shards_grow(ray_cluster, tmp_path):
+    """A read task reads a whole shard; without a cap its windows became one block as big as the shard's,
+    which every Train worker then prefetched: worker memory grew with the data (docs/results.md, Scale)."""
+    from raygr.distributed.pipeline import training_dataset
+
+    prepare("synthetic", None, tmp_path / "syn", options={"num_users": "2000", "num_items": "50"},
+            num_shards=2)
+    small = training_dataset(tmp_path / "syn", 20, max_block_bytes=64 << 10).materialize()
+    whole = training_dataset(tmp_path / "syn", 20, max_block_bytes=128 << 20).materialize()
+    assert small.count() == whole.count() and whole.num_blocks() <= 4
+    assert small.num_blocks() >= 4 * whole.num_blocks()
+    sizes = [meta.size_bytes for bundle in small.iter_internal_ref_bundles() for meta in bundle.metadata]
+    assert max(sizes) <= 2 * (64 << 10), sizes  # Ray splits once a block passes the target

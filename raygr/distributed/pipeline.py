@@ -53,8 +53,12 @@ def _windows(batch: dict[str, np.ndarray], max_history: int) -> dict[str, np.nda
     return make_train_windows(batch["items"], max_history)
 
 
+MAX_BLOCK_BYTES = 4 << 20  # the windows' blocks: what a worker buffers stays the same as the data grows
+
+
 def training_dataset(dataset_dir: str | Path, max_history: int, *, verify: bool = False,
-                     users_per_call: int = 1024, override_num_blocks: int | None = None) -> ray.data.Dataset:
+                     users_per_call: int = 1024, override_num_blocks: int | None = None,
+                     max_block_bytes: int = MAX_BLOCK_BYTES) -> ray.data.Dataset:
     """Training windows of every user of a prepared dataset, as a lazy Ray Dataset.
 
     Args:
@@ -62,6 +66,9 @@ def training_dataset(dataset_dir: str | Path, max_history: int, *, verify: bool 
         verify: check the shard checksums against the manifest first.
         users_per_call: users per ``map_batches`` call (bounds the memory of one call).
         override_num_blocks: read parallelism (default: Ray Data decides, at least one block per shard).
+        max_block_bytes: the largest block of windows. Ray Data's default (128 MiB) joins one read task's
+            output into one block, and a read task reads a whole shard: the blocks, and what each Train
+            worker prefetches and buffers, grew with the shards (20x from 1M to 20M interactions).
     """
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
@@ -71,10 +78,22 @@ def training_dataset(dataset_dir: str | Path, max_history: int, *, verify: bool 
     if verify:
         verify_checksums(root, manifest)
     paths = [str(p) for p in sequence_shard_paths(root, manifest)]
-    with data_context():
+    with data_context(), block_limit(max_block_bytes):
         ds = ray.data.read_parquet(paths, columns=["items"], override_num_blocks=override_num_blocks)
-    return ds.map_batches(_windows, fn_kwargs={"max_history": max_history}, batch_size=users_per_call,
-                          batch_format="numpy")
+        return ds.map_batches(_windows, fn_kwargs={"max_history": max_history}, batch_size=users_per_call,
+                              batch_format="numpy")
+
+
+@contextlib.contextmanager
+def block_limit(max_bytes: int) -> Iterator[None]:
+    """Datasets created inside the block split their blocks at ``max_bytes`` (each keeps its copy)."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = max_bytes
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size = saved
 
 
 def iter_train_batches(ds: ray.data.Dataset | ray.data.DataIterator, batch_size: int,
