@@ -100,7 +100,10 @@ from raygr.training.warm_start import resolve_warm_start
 
 RUN_NAME = "train"  # Ray Train run name inside RUN_DIR/ray: fixed, so a re-run finds its state
 SCORE = f"valid_{TARGET_METRIC}"  # the attribute Ray keeps the best checkpoint by
-CACHE_FRACTION = 0.2  # training windows up to this share of the object store are materialised once
+CACHE_FRACTION = 0.2  # training windows up to this share of the object store are materialised once ...
+# ... and up to this size: materialised, a worker maps the store pages of its half of the windows (its RSS
+# grew by 330 MiB at 20M interactions, docs/results.md "Scale"), and streaming was faster there anyway.
+CACHE_MAX_BYTES = 256 << 20
 FAULT_ENV = "RAYGR_TEST_INJECT_FAILURE"  # tests: "epoch=2,rank=1" raises once, mid-epoch, on that worker
 
 
@@ -330,9 +333,10 @@ def train_windows(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> i
 
 
 def windows_fit_in_store(cfg: Config, n_windows: int) -> bool:
-    """Whether the windows (int64 input + target, [n, T] each) take at most CACHE_FRACTION of the object store."""
+    """Whether the windows (int64 input + target, [n, T] each) take at most CACHE_FRACTION of the object store
+    and at most CACHE_MAX_BYTES."""
     store = ray.available_resources().get("object_store_memory", 0)
-    return 16 * n_windows * cfg.data.max_history < CACHE_FRACTION * store
+    return 16 * n_windows * cfg.data.max_history < min(CACHE_FRACTION * store, CACHE_MAX_BYTES)
 
 
 def training_input(cfg: Config, dataset_dir: Path, n_windows: int) -> ray.data.Dataset:

@@ -1,0 +1,18 @@
+"""Which training input a run uses: the windows materialised in the object store only while they are small
+(a share of the store and at most CACHE_MAX_BYTES), else streamed. No Ray cluster needed."""
+
+import pytest
+
+from raygr.distributed import train
+from tests.helpers import tiny_config
+
+
+@pytest.mark.parametrize("store_gb, windows, materialised", [
+    (8, 100_000, True),       # 32 MB of windows (T=20)
+    (8, 2_050_530, False),    # the 20M-interaction benchmark: 656 MB, under 20 % of the store but over the cap
+    (0.1, 100_000, False),    # a small store: over 20 % of it
+])
+def test_windows_are_materialised_only_while_small(monkeypatch, store_gb, windows, materialised):
+    monkeypatch.setattr(train.ray, "available_resources", lambda: {"object_store_memory": store_gb * 1e9})
+    cfg = tiny_config("data.max_history=20")
+    assert train.windows_fit_in_store(cfg, windows) is materialised
