@@ -16,3 +16,9 @@ def test_windows_are_materialised_only_while_small(monkeypatch, store_gb, window
     monkeypatch.setattr(train.ray, "available_resources", lambda: {"object_store_memory": store_gb * 1e9})
     cfg = tiny_config("data.max_history=20")
     assert train.windows_fit_in_store(cfg, windows) is materialised
+
+
+def test_ray_data_holds_a_bounded_share_of_the_store_while_feeding_the_workers():
+    opts = train.ingest_options()
+    assert opts.resource_limits.object_store_memory == train.INGEST_STORE_BYTES == 128 << 20
+    assert opts.resource_limits.cpu == float("inf")  # only the store share is bounded
