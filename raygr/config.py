@@ -190,6 +190,12 @@ class ModelConfig:
     # plus the shared item-ID embedding; the code embeddings and the ID table stay shared, so what the
     # ranker learns about items still reaches the generator through them.
     generator_inputs: Literal["shared", "own"] = "shared"
+    # With model.shared_encoder=false: the generator's encoder state at each position also gets a learned
+    # projection of the ranker's state there (detached: the generator's loss does not bend the ranker's
+    # encoder, which session 13 measured to hurt). The ranker's encoder learns from the full softmax over
+    # item IDs, a far denser signal than the generator's per-level code targets; this hands the generator
+    # what it learned. The projection starts at zero, so the generator starts as without it.
+    generator_reads_ranker: bool = False
     # The generator's step from one SID level to the next: false = s + Linear(code vector); true = s +
     # MLP([s, code vector]), which lets deeper levels depend on the state and the prefix jointly.
     generator_mlp: bool = False
@@ -273,6 +279,8 @@ class ModelConfig:
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
         _check(self.generator_inputs == "shared" or not self.shared_encoder, "model.generator_inputs",
                "own needs model.shared_encoder=false (one shared encoder reads one input vector per item)")
+        _check(not self.generator_reads_ranker or not self.shared_encoder, "model.generator_reads_ranker",
+               "needs model.shared_encoder=false (with one shared encoder the generator already reads it)")
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",
                "is needed with model.sid_source=file and only then (set both, or neither)")
         _check(self.sid_collab_weight >= 0, "model.sid_collab_weight", "must be >= 0 (0 = text vectors alone)")

@@ -139,3 +139,44 @@ def test_own_inputs_need_encoders_of_their_own():
     from raygr.config import ConfigError
     with pytest.raises(ConfigError, match="model.generator_inputs.*shared_encoder=false"):
         tiny_config("model.generator_inputs=own")
+
+
+def test_reading_the_ranker_hands_its_states_to_the_generator_and_no_gradient_back(setup):
+    cfg, model = model_for(setup, "model.shared_encoder=false", "model.generator_reads_ranker=true")
+    # Zero at the start: the generator's states are its own encoder's, as without the option.
+    model.eval()
+    model.refresh()
+    history = torch.randint(1, model.num_items + 1, (5, 7))
+    _, gen_h = model.split_states(model.history_states(history))
+    assert torch.allclose(gen_h, model.gen_seq(model._item_inputs[history], history == 0), atol=1e-6)
+    model.train()
+    terms = model.losses(batch_of(setup[0], cfg), 0, torch.arange(1, model.num_items + 1))
+    # The generator's loss trains the projection (its weight's gradient is the ranker's states: not zero)
+    # and never the ranker's encoder; the ranker's loss does not reach the generator's side.
+    gen, rank = grads(model, terms["generator"]), grads(model, terms["ranker"])
+    model.zero_grad()
+    terms["generator"].backward(retain_graph=True)
+    assert model.gen_from_ranker.weight.grad.abs().sum() > 0
+    assert gen["seq"] is False and gen["gen_seq"] is True
+    assert rank["seq"] is True and rank["gen_seq"] is False
+    # Once it has weight, retrieval moves with the ranker's encoder, and beam search keeps its parity.
+    with torch.no_grad():
+        model.gen_from_ranker.weight.normal_(0, 0.5)
+    model.eval()
+    model.refresh()
+    items, scores = model.retrieve(history, k=10, beam=10)
+    with torch.no_grad():
+        for p in model.seq.parameters():
+            p.add_(torch.randn_like(p))
+    moved, moved_scores = model.retrieve(history, k=10, beam=10)
+    assert not torch.equal(moved, items)
+    # The no-training twin scores each retrieved item as beam search did.
+    real = moved >= 1
+    got = model.item_log_probs(history, moved.clamp(min=1))
+    assert torch.allclose(got[real], moved_scores[real], atol=1e-4)
+
+
+def test_reading_the_ranker_needs_encoders_of_their_own():
+    from raygr.config import ConfigError
+    with pytest.raises(ConfigError, match="model.generator_reads_ranker.*shared_encoder=false"):
+        tiny_config("model.generator_reads_ranker=true")

@@ -60,6 +60,11 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         # model.generator_inputs=own: the generator's encoder reads codes + ID through a projection of its
         # own; history_inputs then returns [M, 2D], the ranker's input vectors then the generator's.
         self.gen_item_in = nn.Linear(L * D, D) if cfg.generator_inputs == "own" else None
+        # model.generator_reads_ranker: the generator's states += a projection of the ranker's (detached)
+        self.gen_from_ranker = nn.Linear(D, D) if cfg.generator_reads_ranker else None
+        if self.gen_from_ranker is not None:
+            nn.init.zeros_(self.gen_from_ranker.weight)
+            nn.init.zeros_(self.gen_from_ranker.bias)
         self.generator = CodeGenerator(D, L, K, cfg.max_suffix, cfg.generator_mlp, cfg.generator_layers,
                                        cfg.num_heads, cfg.generator_dropout)
         self.ranker = Ranker(D, L, num_items, cfg.ranker_item_id, cfg.sid_residual, cfg.ranker_codes)
@@ -184,7 +189,10 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         H = self.seq(x[..., :D], pad)
         if self.gen_seq is None:
             return H, H
-        return H, self.gen_seq(x[..., D:] if self.gen_item_in is not None else x, pad)
+        Hg = self.gen_seq(x[..., D:] if self.gen_item_in is not None else x, pad)
+        if self.gen_from_ranker is not None:
+            Hg = Hg + self.gen_from_ranker(H.detach())
+        return H, Hg
 
     def forward(self, batch, step: int, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.losses(batch, step, negatives)  # so DDP wraps the loss computation

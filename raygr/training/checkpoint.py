@@ -57,7 +57,7 @@ MODEL_SHAPE_KEYS = (
     "model.use_item_id", "model.levels", "model.codes", "model.max_suffix", "data.max_history",
     # input_norm has no parameters, but the weights only make sense with the inputs they were trained on.
     "model.history_item_id", "model.input_norm", "model.tie_embeddings", "model.sid_residual",
-    "model.generator_mlp", "model.generator_layers", "model.tie_item_ids",
+    "model.generator_mlp", "model.generator_layers", "model.tie_item_ids", "model.generator_reads_ranker",
 )
 
 
