@@ -85,8 +85,10 @@ from raygr.training.loop import (
     initialise,
     summarise,
 )
+from raygr.training.mlflow_tracking import log_epochs as log_mlflow_epochs
 from raygr.training.mlflow_tracking import log_run as log_mlflow_run
 from raygr.training.mlflow_tracking import require_mlflow
+from raygr.training.mlflow_tracking import start_run as start_mlflow_run
 from raygr.training.report import (
     evaluate_checkpoint,
     hardware,
@@ -96,6 +98,7 @@ from raygr.training.report import (
     run_metrics,
     write_metrics,
 )
+from raygr.training.tracking import TB_DIR, write_tensorboard
 from raygr.training.warm_start import resolve_warm_start
 
 RUN_NAME = "train"  # Ray Train run name inside RUN_DIR/ray: fixed, so a re-run finds its state
@@ -328,6 +331,29 @@ class PublishCheckpoints(UserCallback):
                 publish(path, self.run_dir / CHECKPOINTS / BEST)
 
 
+class LiveTracking(UserCallback):
+    """After each epoch's checkpoint: the run's TensorBoard event files (RUN_DIR/tensorboard) rewritten with
+    the whole history so far, and with train.tracking=mlflow the new epoch logged to the directory's MLflow
+    run, so both show a run while it trains. A tracking error is logged and never stops the training."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str, title: str):
+        self.config, self.run_dir, self.title = config, Path(run_dir), title
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+        if checkpoint is None:
+            return
+        try:
+            with checkpoint.as_directory() as path:
+                history = read_checkpoint(path).train_state().history
+            write_tensorboard(history, self.run_dir / TB_DIR, title=self.title, log=print)
+            cfg = config_from_dict(self.config)
+            if cfg.train.tracking == "mlflow":
+                log_mlflow_epochs(cfg, self.run_dir, history)
+        except Exception as e:  # noqa: BLE001 -- tracking must not cost the run
+            print(f"tracking: could not log epoch {metrics[0].get('epoch') if metrics else '?'} live: "
+                  f"{type(e).__name__}: {e}")
+
+
 # -- on the driver ----------------------------------------------------------------------------------
 
 def train_windows(cfg: Config, dataset_dir: Path, manifest: dict[str, Any]) -> int:
@@ -493,7 +519,11 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
             f"{manifest['num_items']:,} items) with {t.num_workers} {'GPU' if t.use_gpu else 'CPU'} worker(s) "
             f"for {t.epochs} epochs -> {run}"
             + (f" (resuming after epoch {latest.epoch})" if latest is not None else ""))
-        build_trainer(cfg, dataset_dir, run, manifest, fault, log=log).fit()
+        title = f"{cfg.model.preset} on {manifest.get('name')}"
+        if cfg.train.tracking == "mlflow":
+            start_mlflow_run(cfg, run, from_epoch=latest.epoch if latest is not None else 0, log=log)
+        live = LiveTracking(config_to_dict(cfg), str(run), title)
+        build_trainer(cfg, dataset_dir, run, manifest, fault, callbacks=[live], log=log).fit()
 
     info = latest_checkpoint(run)
     if info is None:  # e.g. 0 epochs left and nothing was ever saved
@@ -518,7 +548,11 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     plot_learning_curve(state.history, run / "learning_curve.png",
                         title=f"{cfg.model.preset} on {info.dataset.name}")
     if cfg.train.tracking == "mlflow":
-        log_mlflow_run(cfg, run, state.history, metrics, log=log)
+        best = run / CHECKPOINTS / BEST
+        log_mlflow_run(cfg, run, state.history, metrics, log=log, artifacts={
+            "model": best if best.is_dir() else run / CHECKPOINTS / LATEST,
+            "config.yaml": run / "config.yaml", "metrics.json": run / "metrics.json",
+            "learning_curve.png": run / "learning_curve.png"})
     log(results_table(metrics))
     log(f"wrote {run / 'metrics.json'}, {run / 'learning_curve.png'}, checkpoints in {run / CHECKPOINTS}")
     return metrics
