@@ -343,6 +343,10 @@ class TrainConfig:
     # memory-limited node (benchmarks/bench_memory_limit.py) or to survive the loss of one node better.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
+    # Streamed training windows Ray Data may hold in the object store at once while it feeds the workers
+    # (MiB). Each worker's RSS counts the store pages it read, so this bounds what streaming adds to it;
+    # a few MiB/s reach the workers, so even 64 MiB is many seconds of input (docs/results.md "Scale").
+    ingest_store_mib: int = 128
     # Keep freed CPU memory in the process for the next step (glibc mallopt; raygr/training/allocator.py):
     # a step then reuses its tensors' pages instead of mapping and zero-filling fresh ones. Beauty's joint
     # recipe on CPU: a third of each step was system time; with it a step took 1.4-1.6x less CPU time and peak RSS
@@ -382,6 +386,8 @@ class TrainConfig:
                "must be 0 (no limit) or at least 20, the longest list evaluated")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.ingest_store_mib >= 8, "train.ingest_store_mib",
+               "must be >= 8 (MiB of the object store for streamed windows; blocks are up to 4 MiB)")
         _check(bool(self.mlflow_experiment.strip()), "train.mlflow_experiment", "must not be empty")
         _check(self.mlflow_uri is None or bool(self.mlflow_uri.strip()), "train.mlflow_uri",
                "must not be empty (leave it unset for RUN_DIR/mlruns)")

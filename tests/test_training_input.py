@@ -19,6 +19,14 @@ def test_windows_are_materialised_only_while_small(monkeypatch, store_gb, window
 
 
 def test_ray_data_holds_a_bounded_share_of_the_store_while_feeding_the_workers():
-    opts = train.ingest_options()
-    assert opts.resource_limits.object_store_memory == train.INGEST_STORE_BYTES == 128 << 20
+    opts = train.ingest_options(tiny_config())
+    assert opts.resource_limits.object_store_memory == 128 << 20  # train.ingest_store_mib's default
+    assert train.ingest_options(tiny_config("train.ingest_store_mib=64")).resource_limits.object_store_memory \
+        == 64 << 20
     assert opts.resource_limits.cpu == float("inf")  # only the store share is bounded
+
+
+def test_the_ingest_bound_names_its_key_when_too_small():
+    from raygr.config import ConfigError
+    with pytest.raises(ConfigError, match=r"train\.ingest_store_mib.*>= 8"):
+        tiny_config("train.ingest_store_mib=1")

@@ -107,10 +107,9 @@ CACHE_FRACTION = 0.2  # training windows up to this share of the object store ar
 # ... and up to this size: materialised, a worker maps the store pages of its half of the windows (its RSS
 # grew by 330 MiB at 20M interactions, docs/results.md "Scale"), and streaming was faster there anyway.
 CACHE_MAX_BYTES = 256 << 20
-# Streamed windows Ray Data may hold in the object store at once while it feeds the workers. Unbounded it
-# kept ~640 MiB in flight at 20M interactions, and each worker's RSS counted the store pages it had read
-# (+330 MiB); a few MiB/s reach the workers, so 128 MiB is many seconds of input.
-INGEST_STORE_BYTES = 128 << 20
+# Streamed windows Ray Data may hold in the object store at once while it feeds the workers
+# (train.ingest_store_mib). Unbounded it kept ~640 MiB in flight at 20M interactions, and each worker's
+# RSS counted the store pages it had read (+330 MiB).
 FAULT_ENV = "RAYGR_TEST_INJECT_FAILURE"  # tests: "epoch=2,rank=1" raises once, mid-epoch, on that worker
 
 
@@ -382,12 +381,13 @@ def training_input(cfg: Config, dataset_dir: Path, n_windows: int) -> ray.data.D
     return ds.materialize() if windows_fit_in_store(cfg, n_windows) else ds
 
 
-def ingest_options() -> ray.data.ExecutionOptions:
+def ingest_options(cfg: Config) -> ray.data.ExecutionOptions:
     """Ray Train's default ingest options (those of the current DataContext) with the object store share of
-    the windows bounded (built here: Ray's own helper passes a deprecated option and warns each run)."""
+    the windows bounded by train.ingest_store_mib (built here: Ray's own helper passes a deprecated option
+    and warns each run)."""
     current = ray.data.DataContext.get_current().execution_options
     return ray.data.ExecutionOptions(
-        resource_limits=current.resource_limits.copy(object_store_memory=INGEST_STORE_BYTES),
+        resource_limits=current.resource_limits.copy(object_store_memory=cfg.train.ingest_store_mib << 20),
         preserve_order=current.preserve_order, verbose_progress=current.verbose_progress)
 
 
@@ -434,7 +434,7 @@ def build_trainer(cfg: Config, dataset_dir: Path, run_dir: Path, manifest: dict[
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources, placement_strategy=t.placement_strategy),
         datasets={"train": training_input(cfg, dataset_dir, n_windows)},
-        dataset_config=DataConfig(execution_options={"train": ingest_options()}),
+        dataset_config=DataConfig(execution_options={"train": ingest_options(cfg)}),
         run_config=RunConfig(
             name=RUN_NAME, storage_path=str(run_dir / "ray"),
             # num_to_keep=1 + a score: Ray keeps the best and, always, the latest.
