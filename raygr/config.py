@@ -344,9 +344,10 @@ class TrainConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 1  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
     # Streamed training windows Ray Data may hold in the object store at once while it feeds the workers
-    # (MiB). Each worker's RSS counts the store pages it read, so this bounds what streaming adds to it;
-    # a few MiB/s reach the workers, so even 64 MiB is many seconds of input (docs/results.md "Scale").
-    ingest_store_mib: int = 128
+    # (MiB). Each worker's RSS counts the store pages it read, so this bounds what streaming adds to it:
+    # from 1M to 20M interactions worker RSS +8 % at 64, +12 % at 128, +35 % unbounded, with the same share
+    # of time waiting for input (~7 %) at 64 and 128 (docs/results.md "Scale").
+    ingest_store_mib: int = 64
     # Keep freed CPU memory in the process for the next step (glibc mallopt; raygr/training/allocator.py):
     # a step then reuses its tensors' pages instead of mapping and zero-filling fresh ones. Beauty's joint
     # recipe on CPU: a third of each step was system time; with it a step took 1.4-1.6x less CPU time and peak RSS

@@ -20,9 +20,9 @@ def test_windows_are_materialised_only_while_small(monkeypatch, store_gb, window
 
 def test_ray_data_holds_a_bounded_share_of_the_store_while_feeding_the_workers():
     opts = train.ingest_options(tiny_config())
-    assert opts.resource_limits.object_store_memory == 128 << 20  # train.ingest_store_mib's default
-    assert train.ingest_options(tiny_config("train.ingest_store_mib=64")).resource_limits.object_store_memory \
-        == 64 << 20
+    assert opts.resource_limits.object_store_memory == 64 << 20  # train.ingest_store_mib's default
+    assert train.ingest_options(tiny_config("train.ingest_store_mib=128")).resource_limits.object_store_memory \
+        == 128 << 20
     assert opts.resource_limits.cpu == float("inf")  # only the store share is bounded
 
 
