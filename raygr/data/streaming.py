@@ -125,3 +125,15 @@ def _concat(parts: list[EvalExamples], max_history: int) -> EvalExamples:
         return EvalExamples(np.zeros(0, np.int64), np.zeros((0, max_history), np.int64), np.zeros(0, np.int64))
     return EvalExamples(np.concatenate([p.user_idx for p in parts]), np.concatenate([p.history for p in parts]),
                         np.concatenate([p.target for p in parts]))
+
+
+def streamed_training_item_counts(root: str | Path, manifest: dict[str, Any]) -> np.ndarray:
+    """``raygr.data.split.training_item_counts`` read one record batch at a time: [num_items+1] int64."""
+    counts = np.zeros(int(manifest["num_items"]) + 1, dtype=np.int64)
+    for batch in iter_sequence_batches(root, manifest):
+        _, offsets, items = _csr(batch)
+        lengths = np.diff(offsets)
+        pos = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
+        in_train = pos < np.repeat(np.maximum(lengths - 2, 0), lengths)
+        counts += np.bincount(items[in_train], minlength=len(counts))
+    return counts

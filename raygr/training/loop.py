@@ -305,6 +305,20 @@ def evaluation_ranks(model: nn.Module, examples: EvalExamples, cfg: Config,
     return out
 
 
+def merge_ranks(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Evaluation ranks of several chunks or workers as one: per-user arrays concatenated, counts
+    (decoding errors, teacher-forced hits per level) summed. Empty parts (no users) are skipped."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    counts = ("decoding", "teacher_forced")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in counts}
+    for k in counts:
+        if k in parts[0]:
+            out[k] = np.sum([p[k] for p in parts], axis=0)
+    return out
+
+
 def summarise(ranks: dict[str, np.ndarray], num_slots: int) -> dict[str, Any]:
     out: dict[str, Any] = metrics_from_ranks(ranks["main"])
     out["retrieval_only"] = metrics_from_ranks(ranks["retrieval_only"])

@@ -60,6 +60,41 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, split: str 
     }
 
 
+def evaluate_checkpoint_streamed(checkpoint: str | Path, dataset_dir: str | Path, *, split: str = "test",
+                                 device: str = "cpu", chunk_users: int = 65536) -> dict[str, Any]:
+    """``evaluate_checkpoint`` on every user of ``split``, plus the popularity baseline (``"baselines"``), with
+    the prepared dataset read ``chunk_users`` users at a time: memory is the catalogue and one chunk,
+    whatever the number of users (what ``raygr train`` runs after training). The same numbers as the
+    in-memory path (tests/test_streamed_eval.py)."""
+    import torch
+
+    from raygr.data.dataset import load_catalogue
+    from raygr.data.streaming import EvalSource, eval_selection, streamed_training_item_counts, user_lengths
+    from raygr.training.checkpoint import load_model
+    from raygr.training.loop import codebook_health, evaluation_ranks, merge_ranks, summarise
+
+    dataset = load_catalogue(dataset_dir)
+    model, cfg, info = load_model(checkpoint, dataset, device)
+    users = eval_selection(user_lengths(dataset.root, dataset.manifest), split, 0, cfg.train.seed)
+    source = EvalSource(dataset.root, dataset.manifest, split, cfg.data.max_history, users, chunk_users)
+    top = popularity_ranking(streamed_training_item_counts(dataset.root, dataset.manifest), max(DEFAULT_KS))
+    torch.manual_seed(cfg.train.seed)
+    parts, popular = [], []
+    for chunk in source:
+        parts.append(evaluation_ranks(model, chunk, cfg, device))
+        popular.append(ranks_from_lists(np.broadcast_to(top, (len(chunk), len(top))), chunk.target))
+    result = summarise(merge_ranks(parts), len(users) * max(DEFAULT_KS))
+    has_ranker = bool(getattr(model, "has_ranker", False)) and cfg.model.loss.ranker > 0
+    return {
+        "checkpoint": str(info.path), "preset": cfg.model.preset, "dataset": dataset.name, "split": split,
+        "epoch": info.epoch, "main_mode": "retrieve_then_rank" if has_ranker else "retrieval",
+        "main": ranking_only(result), "retrieval_only": ranking_only(result["retrieval_only"]),
+        "decoding": result["decoding"], "codebook": codebook_health(model), "num_users": result["num_users"],
+        "candidates_per_user": result["candidates_per_user"],
+        "baselines": {"popularity": metrics_from_ranks(np.concatenate(popular) if popular else np.zeros(0))},
+    }
+
+
 def popularity_metrics(dataset: Dataset, cfg: Config, split: str = "test") -> dict[str, float]:
     """The most-popular-items baseline (counts from the training part) on ``split``, every user."""
     from raygr.training.local import eval_split
