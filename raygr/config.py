@@ -247,10 +247,7 @@ class ModelConfig:
     # negatives (num_negatives >= items) the per-step pass over every item is most of a step's cost.
     negative_codes_every: int = 0
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
-    # Steps between enhancer retrievals (UniGRF's ranking-driven enhancer; 0 = off). Off by default: where
-    # it acts (a sampled-softmax ranker) it cost retrieve-then-rank N@10 15.8 % on Scientific's learned SIDs
-    # (docs/results.md, session 19); with the full softmax (num_negatives >= items) it never acts.
-    enhancer_every: int = 0
+    enhancer_every: int = 50  # steps between enhancer retrievals (0 = off)
     # How the loss terms are combined: fixed (the model.loss weights), scheduled (ranker and tokenizer
     # terms ramp in over ramp_steps), adaptive (GradNorm-style balance of generator and ranker).
     weighting: Weighting = "adaptive"
@@ -470,8 +467,7 @@ class Config:
 
 # What each preset changes from the defaults above (a user's file and --set come on top).
 PRESETS: dict[str, dict[str, Any]] = {
-    # Everything on: SIDs learned with the recommender, generator + ranker, adaptive weighting (the enhancer
-    # is off by default: model.enhancer_every).
+    # Everything on: SIDs learned with the recommender, generator + ranker, enhancer, adaptive weighting.
     "joint": {},
     # Two-stage (TIGER): tokenizer trained on content only (train.tokenizer_epochs) and frozen, then the
     # generator; no ranker, no noise.
