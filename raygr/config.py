@@ -247,7 +247,10 @@ class ModelConfig:
     # negatives (num_negatives >= items) the per-step pass over every item is most of a step's cost.
     negative_codes_every: int = 0
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
-    enhancer_every: int = 50  # steps between enhancer retrievals (0 = off)
+    # Steps between enhancer retrievals (UniGRF's ranking-driven enhancer; 0 = off). It acts only with a
+    # sampled-softmax ranker (num_negatives < items). Measured both ways (docs/results.md, session 19):
+    # retrieve-then-rank N@10 -15.8 % on Scientific's learned SIDs, but +19 % in `raygr demo` (synthetic).
+    enhancer_every: int = 50
     # How the loss terms are combined: fixed (the model.loss weights), scheduled (ranker and tokenizer
     # terms ramp in over ramp_steps), adaptive (GradNorm-style balance of generator and ranker).
     weighting: Weighting = "adaptive"
