@@ -52,8 +52,13 @@ def eval_examples(seqs: SequenceData, split: Split, max_history: int) -> EvalExa
 
 def training_item_counts(seqs: SequenceData, num_items: int) -> np.ndarray:
     """Occurrences of each item in the training part (all but each user's last two): [num_items+1]."""
-    lengths = seqs.lengths()
-    train_len = np.maximum(lengths - 2, 0)
-    pos = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], lengths)
-    in_train = pos < np.repeat(train_len, lengths)
-    return np.bincount(seqs.items[in_train], minlength=num_items + 1).astype(np.int64)
+    return training_item_counts_csr(seqs.offsets, seqs.items, num_items)
+
+
+def training_item_counts_csr(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """``training_item_counts`` of users given as CSR (offsets [U+1], items [nnz]); counts of disjoint user
+    sets add up, so a dataset can be counted a record batch at a time."""
+    lengths = np.diff(offsets)
+    pos = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
+    in_train = pos < np.repeat(np.maximum(lengths - 2, 0), lengths)
+    return np.bincount(items[in_train], minlength=num_items + 1).astype(np.int64)

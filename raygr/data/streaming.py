@@ -129,11 +129,11 @@ def _concat(parts: list[EvalExamples], max_history: int) -> EvalExamples:
 
 def streamed_training_item_counts(root: str | Path, manifest: dict[str, Any]) -> np.ndarray:
     """``raygr.data.split.training_item_counts`` read one record batch at a time: [num_items+1] int64."""
-    counts = np.zeros(int(manifest["num_items"]) + 1, dtype=np.int64)
+    from raygr.data.split import training_item_counts_csr
+
+    num_items = int(manifest["num_items"])
+    counts = np.zeros(num_items + 1, dtype=np.int64)
     for batch in iter_sequence_batches(root, manifest):
         _, offsets, items = _csr(batch)
-        lengths = np.diff(offsets)
-        pos = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
-        in_train = pos < np.repeat(np.maximum(lengths - 2, 0), lengths)
-        counts += np.bincount(items[in_train], minlength=len(counts))
+        counts += training_item_counts_csr(offsets, items, num_items)
     return counts

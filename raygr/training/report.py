@@ -44,15 +44,23 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: Dataset, *, split: str 
 
     from raygr.training.checkpoint import load_model
     from raygr.training.local import eval_split
-    from raygr.training.loop import codebook_health, evaluate
+    from raygr.training.loop import evaluate
 
     model, cfg, info = load_model(checkpoint, dataset, device, overrides=list(overrides))
     examples = eval_split(dataset, cfg, split, limit=num_users)
     torch.manual_seed(cfg.train.seed)
     result = evaluate(model, examples, cfg, device)
+    return checkpoint_metrics(model, cfg, info, dataset.name, split, result)
+
+
+def checkpoint_metrics(model: Any, cfg: Config, info: Any, dataset_name: str, split: str,
+                       result: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``evaluate_checkpoint`` returns, from the loaded ``model`` and its ``evaluate``/``summarise`` result."""
+    from raygr.training.loop import codebook_health
+
     has_ranker = bool(getattr(model, "has_ranker", False)) and cfg.model.loss.ranker > 0
     return {
-        "checkpoint": str(info.path), "preset": cfg.model.preset, "dataset": dataset.name, "split": split,
+        "checkpoint": str(info.path), "preset": cfg.model.preset, "dataset": dataset_name, "split": split,
         "epoch": info.epoch, "main_mode": "retrieve_then_rank" if has_ranker else "retrieval",
         "main": ranking_only(result), "retrieval_only": ranking_only(result["retrieval_only"]),
         "decoding": result["decoding"], "codebook": codebook_health(model), "num_users": result["num_users"],
@@ -71,7 +79,7 @@ def evaluate_checkpoint_streamed(checkpoint: str | Path, dataset_dir: str | Path
     from raygr.data.dataset import load_catalogue
     from raygr.data.streaming import EvalSource, eval_selection, streamed_training_item_counts, user_lengths
     from raygr.training.checkpoint import load_model
-    from raygr.training.loop import codebook_health, evaluation_ranks, merge_ranks, summarise
+    from raygr.training.loop import evaluation_ranks, merge_ranks, summarise
 
     dataset = load_catalogue(dataset_dir)
     model, cfg, info = load_model(checkpoint, dataset, device)
@@ -84,15 +92,9 @@ def evaluate_checkpoint_streamed(checkpoint: str | Path, dataset_dir: str | Path
         parts.append(evaluation_ranks(model, chunk, cfg, device))
         popular.append(ranks_from_lists(np.broadcast_to(top, (len(chunk), len(top))), chunk.target))
     result = summarise(merge_ranks(parts), len(users) * max(DEFAULT_KS))
-    has_ranker = bool(getattr(model, "has_ranker", False)) and cfg.model.loss.ranker > 0
-    return {
-        "checkpoint": str(info.path), "preset": cfg.model.preset, "dataset": dataset.name, "split": split,
-        "epoch": info.epoch, "main_mode": "retrieve_then_rank" if has_ranker else "retrieval",
-        "main": ranking_only(result), "retrieval_only": ranking_only(result["retrieval_only"]),
-        "decoding": result["decoding"], "codebook": codebook_health(model), "num_users": result["num_users"],
-        "candidates_per_user": result["candidates_per_user"],
-        "baselines": {"popularity": metrics_from_ranks(np.concatenate(popular) if popular else np.zeros(0))},
-    }
+    out = checkpoint_metrics(model, cfg, info, dataset.name, split, result)
+    out["baselines"] = {"popularity": metrics_from_ranks(np.concatenate(popular) if popular else np.zeros(0))}
+    return out
 
 
 def popularity_metrics(dataset: Dataset, cfg: Config, split: str = "test") -> dict[str, float]:
