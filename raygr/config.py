@@ -188,8 +188,10 @@ class ModelConfig:
     # input vector as the ranker's (with model.sid_residual, its ID embedding plus a code projection that
     # starts at zero). own: a code projection of its own, trained from the start as in the tiger preset,
     # plus the shared item-ID embedding; the code embeddings and the ID table stay shared, so what the
-    # ranker learns about items still reaches the generator through them.
-    generator_inputs: Literal["shared", "own"] = "shared"
+    # ranker learns about items still reaches the generator through them. separate: the own projection
+    # and an item-ID table of its own (as the tiger preset's generator reads the history): the stages
+    # share only the SIDs' code embeddings, and each input table learns from one loss alone.
+    generator_inputs: Literal["shared", "own", "separate"] = "shared"
     # With model.shared_encoder=false: the generator's encoder state at each position also gets a learned
     # projection of the ranker's state there (detached: the generator's loss does not bend the ranker's
     # encoder, which session 13 measured to hurt). The ranker's encoder learns from the full softmax over
@@ -283,7 +285,7 @@ class ModelConfig:
         _check(0 <= self.generator_encoder_grad <= 1, "model.generator_encoder_grad", "must be in [0, 1]")
         _check(0 <= self.generator_distill <= 1, "model.generator_distill", "must be in [0, 1]")
         _check(self.generator_inputs == "shared" or not self.shared_encoder, "model.generator_inputs",
-               "own needs model.shared_encoder=false (one shared encoder reads one input vector per item)")
+               "own and separate need model.shared_encoder=false (one shared encoder reads one input vector per item)")
         _check(not self.generator_reads_ranker or not self.shared_encoder, "model.generator_reads_ranker",
                "needs model.shared_encoder=false (with one shared encoder the generator already reads it)")
         _check((self.sid_source == "file") == bool(self.sid_file), "model.sid_file",

@@ -135,10 +135,39 @@ def test_own_inputs_each_stage_projects_the_codes_itself_and_both_train_the_tabl
     assert top.shape == (4, 5)
 
 
+def test_separate_inputs_share_only_the_codebooks(setup):
+    cfg, model = model_for(setup, "model.shared_encoder=false", "model.generator_inputs=separate",
+                           "model.sid_residual=true", "model.loss.ranker=1")
+    terms = model.losses(batch_of(setup[0], cfg), 0, torch.arange(1, model.num_items + 1))
+    touched = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())  # noqa: E731
+    mine = {"generator": ("gen_item_in", "gen_history_id", "gen_seq"), "ranker": ("history_id", "seq")}
+    for term, other in (("generator", "ranker"), ("ranker", "generator")):
+        model.zero_grad()
+        terms[term].backward(retain_graph=True)
+        assert all(touched(getattr(model, name)) for name in mine[term]), term
+        assert not any(touched(getattr(model, name)) for name in mine[other]), term
+    assert [id(p) for p in model.shared_parameters()] == [id(model.quantizer.codebooks)]
+    # The generator's history reads its own ID table: moving the ranker's changes retrieval not at all.
+    model.eval()
+    model.refresh()
+    history = torch.randint(1, model.num_items + 1, (4, 6))
+    items, _ = model.retrieve(history, k=10, beam=10)
+    with torch.no_grad():
+        model.history_id.weight.add_(torch.randn_like(model.history_id.weight))
+    model.refresh()
+    assert torch.equal(model.retrieve(history, k=10, beam=10)[0], items)
+    with torch.no_grad():
+        model.gen_history_id.weight.add_(torch.randn_like(model.gen_history_id.weight))
+    model.refresh()
+    assert not torch.equal(model.retrieve(history, k=10, beam=10)[0], items)
+
+
 def test_own_inputs_need_encoders_of_their_own():
     from raygr.config import ConfigError
     with pytest.raises(ConfigError, match="model.generator_inputs.*shared_encoder=false"):
         tiny_config("model.generator_inputs=own")
+    with pytest.raises(ConfigError, match="model.generator_inputs.*shared_encoder=false"):
+        tiny_config("model.generator_inputs=separate")
 
 
 def test_reading_the_ranker_hands_its_states_to_the_generator_and_no_gradient_back(setup):

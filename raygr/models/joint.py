@@ -59,7 +59,14 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
             D, cfg.num_layers, cfg.num_heads, cfg.dropout, max_history, cfg.input_norm)
         # model.generator_inputs=own: the generator's encoder reads codes + ID through a projection of its
         # own; history_inputs then returns [M, 2D], the ranker's input vectors then the generator's.
-        self.gen_item_in = nn.Linear(L * D, D) if cfg.generator_inputs == "own" else None
+        # separate: an item-ID table of its own as well, so the two stages share only the SIDs' codebooks.
+        self.gen_item_in = nn.Linear(L * D, D) if cfg.generator_inputs != "shared" else None
+        self.gen_history_id = None
+        if cfg.generator_inputs == "separate" and cfg.history_item_id:
+            self.gen_history_id = nn.Embedding(num_items + 1, D, padding_idx=0)
+            nn.init.normal_(self.gen_history_id.weight, std=0.02)
+            with torch.no_grad():
+                self.gen_history_id.weight[0].zero_()
         # model.generator_reads_ranker: the generator's states += a projection of the ranker's (detached)
         self.gen_from_ranker = nn.Linear(D, D) if cfg.generator_reads_ranker else None
         if self.gen_from_ranker is not None:
@@ -180,7 +187,8 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         x = self.item_in(flat) if idv is None else self.item_in(flat) + idv
         if self.gen_item_in is None:
             return x
-        xg = self.gen_item_in(flat) if idv is None else self.gen_item_in(flat) + idv
+        gid = self.gen_history_id(ids) if self.gen_history_id is not None else idv
+        xg = self.gen_item_in(flat) if gid is None else self.gen_item_in(flat) + gid
         return torch.cat([x, xg], -1)  # [M, 2D]
 
     def encode_inputs(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,7 +363,9 @@ class GenerativeRecommender(JointLosses, Retrieval, nn.Module):
         if self.gen_seq is None:
             return self.seq.shared_parameters()
         if self.gen_item_in is not None:  # each stage projects the codes itself: they share the tables
-            return [self.history_id.weight] if self.history_id is not None else [self.quantizer.codebooks]
+            if self.history_id is not None and self.gen_history_id is None:
+                return [self.history_id.weight]
+            return [self.quantizer.codebooks]
         return list(self.item_in.parameters())
 
     # Retrieval and ranking take ``states``, the history's ``history_states`` [B, T, D], so a caller that

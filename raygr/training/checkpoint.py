@@ -58,6 +58,7 @@ MODEL_SHAPE_KEYS = (
     # input_norm has no parameters, but the weights only make sense with the inputs they were trained on.
     "model.history_item_id", "model.input_norm", "model.tie_embeddings", "model.sid_residual",
     "model.generator_mlp", "model.generator_layers", "model.tie_item_ids", "model.generator_reads_ranker",
+    "model.shared_encoder", "model.generator_inputs",
 )
 
 
