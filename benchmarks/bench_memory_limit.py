@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_memory_limit --interactions 200k --limit-mib 3072      # quick: sizes the node
     python -m benchmarks.bench_memory_limit --interactions 60M --limit-mib 1800       # windows > the limit
-    python -m benchmarks.bench_memory_limit --interactions 170M --limit-mib 1800      # files > the limit too
+    python -m benchmarks.bench_memory_limit --interactions 250M --avg-len 40 --limit-mib 1800  # files > it too
 
 The cluster is benchmarks/multinode.py's two `ray start` nodes on loopback. The worker node runs inside a
 memory cgroup (benchmarks/memlimit.py), as a Ray pod under a Kubernetes memory limit: its raylet, agents,
@@ -33,6 +33,7 @@ from benchmarks.bench_drills import Driver
 from benchmarks.bench_scale import AVG_LEN, _status_kb, label, parse_size, prepare
 from benchmarks.common import write_result
 from benchmarks.multinode import Cluster, two_node_cluster
+from benchmarks.synthetic_chunks import write_chunked
 from raygr.config import load_config
 from raygr.data.dataset import length_histogram
 from raygr.data.windows import count_train_windows
@@ -72,9 +73,21 @@ class NodeSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
+def prepare_data(interactions: int, items: int, data_dir: Path, avg_len: float) -> Path:
+    """The scale benchmark's dataset; with another mean length, one generated a chunk of users at a time
+    (benchmarks/synthetic_chunks.py: the 200M+ interactions whose files exceed the limit do not fit
+    ``generate``'s memory in one piece; longer sequences also mean fewer users to evaluate)."""
+    if avg_len == AVG_LEN:
+        return prepare(interactions, items, data_dir)
+    out = data_dir / f"synthetic-{label(interactions)}-{items}-len{avg_len:g}"
+    if not (out / "manifest.json").is_file():
+        write_chunked(out, interactions, items, avg_len)
+    return out
+
+
 def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: Path,
-        extra: list[str], log=print) -> dict[str, Any]:
-    dataset = prepare(interactions, items, data_dir)
+        extra: list[str], log=print, avg_len: float = AVG_LEN) -> dict[str, Any]:
+    dataset = prepare_data(interactions, items, data_dir, avg_len)
     manifest = json.loads((dataset / "manifest.json").read_text())
     # The training windows as a worker that materialised them would hold: int64 input + target, [n, T].
     history = load_config(None, [*MODEL, *extra]).data.max_history
@@ -106,6 +119,7 @@ def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: 
     peaks = {node: sorted(round(kb / 1024, 1) for kb in pids.values()) for node, pids in sampler.peak_kb.items()}
     out = {
         "interactions": int(manifest["num_interactions"]), "users": int(manifest["num_users"]),
+        "avg_sequence_length": round(manifest["num_interactions"] / manifest["num_users"], 2),
         "items": int(manifest["num_items"]),
         "prepared_mib": round(disk / MIB, 1), "training_windows_mib": round(windows_bytes / MIB, 1),
         "worker_node_limit_mib": limit_mib, "worker_node_cgroup": stats,
@@ -124,7 +138,9 @@ def run(interactions: int, items: int, limit_mib: int, data_dir: Path, workdir: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--interactions", type=parse_size, default=parse_size("170M"))
+    ap.add_argument("--interactions", type=parse_size, default=parse_size("250M"))
+    ap.add_argument("--avg-len", type=float, default=AVG_LEN,
+                    help="users' mean sequence length (the synthetic geometric's; capped at 50)")
     ap.add_argument("--items", type=int, default=2000, help="catalogue size (small: the data's volume is the point)")
     ap.add_argument("--limit-mib", type=int, default=1800, help="memory limit of the worker node")
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "raygr-scale-data")
@@ -132,13 +148,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="raygr-memlimit-"))
-    out = run(args.interactions, args.items, args.limit_mib, args.data_dir, workdir, args.set)
+    out = run(args.interactions, args.items, args.limit_mib, args.data_dir, workdir, args.set,
+              avg_len=args.avg_len)
     key = f"{label(args.interactions)} limit {args.limit_mib} MiB"
+    if args.avg_len != AVG_LEN:
+        key += f" avg length {args.avg_len:g}"
     path = Path(__file__).resolve().parent / "results" / "memory_limit.json"
     runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
     runs[key] = out
     write_result("memory_limit", {"command": " ".join(["python -m benchmarks.bench_memory_limit", *sys.argv[1:]]),
-                                  "config": [*MODEL, *args.set], "avg_sequence_length": AVG_LEN, "runs": runs})
+                                  "config": [*MODEL, *args.set], "default_avg_sequence_length": AVG_LEN, "runs": runs})
     if not out["completed"]:
         raise SystemExit(f"the run did not complete under the limit (exit {out['exit_status']}, OOM kills "
                          f"{out['worker_node_cgroup']['oom_kills']}, Train workers per node "
