@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -100,18 +99,19 @@ def test_bad_inputs_fail_before_ray_starts(world, busy_port, monkeypatch, capsys
 
 
 def test_train_serve_tune_on_a_missing_dataset_do_not_even_import_ray(world, busy_port):
+    argvs = [argv for argv, _ in cases(world, busy_port) if argv[0] in ("train", "serve", "tune")]
     script = (
         "import sys, time\n"
         "from raygr.cli import main\n"
-        f"cases = {[argv for argv, _ in cases(world, busy_port) if argv[0] in ('train', 'serve', 'tune')]!r}\n"
+        f"cases = {argvs!r}\n"
         "for argv in cases:\n"
         "    t = time.perf_counter()\n"
         "    assert main(argv) == 2, argv\n"
         "    assert 'ray' not in sys.modules, ('ray imported by', argv)\n"
         "    print(f'{time.perf_counter() - t:.2f}')\n"
     )
-    start = time.perf_counter()
+    # No timing bound: 'ray' absent from sys.modules already proves nothing started it, and a wall-clock
+    # bound fails on a loaded machine (28 s for one case with the 2 cores shared by 4 trainings).
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    # Loose: a local Ray alone takes 5-50 s to start here; the slowest check (importing torch) a few.
-    assert time.perf_counter() - start < 60 and max(map(float, out.stdout.split())) < 20, out.stdout
+    assert len(out.stdout.split()) == len(argvs), out.stdout  # every case ran
