@@ -50,7 +50,7 @@ class ScheduleConfig:
     # noise scale per level, times the cosine decay) or frqud (a per-code decay: the more often a code is
     # the nearest one, the faster the noise on it fades). Measured against cosine on learned SIDs
     # (docs/results.md, sessions 16-20), retrieve-then-rank test N@10: exponential +6.8 % Scientific /
-    # +5.3 % Beauty, the only one ahead on both; one seed each, inside ~4 % noise of it, so not yet the default.
+    # +5.3 % Beauty, the only one ahead on both; one seed each, at the edge of ~4 % seed noise: not yet the default.
     strategy: DecayStrategy = "cosine"
     tau_start: float = 1.0  # Gumbel-softmax temperature at step 0 (the soft assignment the gradient follows)
     tau_end: float = 0.1  # temperature at the end of the decay
