@@ -58,21 +58,19 @@ def label(n: int) -> str:
     return f"{n / 10**6:g}M" if n >= 10**6 else f"{n / 10**3:g}k"
 
 
-def prepare(size: int, num_items: int, data_dir: Path, avg_len: float = AVG_LEN) -> Path:
-    """The synthetic dataset of about ``size`` interactions (kept in ``data_dir`` for later runs); users'
-    mean sequence length about ``avg_len``."""
+def prepare(size: int, num_items: int, data_dir: Path) -> Path:
+    """The synthetic dataset of about ``size`` interactions (kept in ``data_dir`` for later runs)."""
     from raygr.data.dataset import write_dataset
     from raygr.data.synthetic import generate
 
-    suffix = "" if avg_len == AVG_LEN else f"-len{avg_len:g}"
-    out = data_dir / f"synthetic-{label(size)}-{num_items}{suffix}"
+    out = data_dir / f"synthetic-{label(size)}-{num_items}"
     if (out / "manifest.json").is_file():
         return out
     # Lengths are min_len + geometric, capped at max_len: their mean is a little under avg_len.
-    probe = generate(num_users=20_000, num_items=num_items, seed=0, avg_len=avg_len)[1]
+    probe = generate(num_users=20_000, num_items=num_items, seed=0, avg_len=AVG_LEN)[1]
     users = max(1, round(size / (len(probe.items) / probe.num_users)))
     t0 = time.perf_counter()
-    items, seqs = generate(num_users=users, num_items=num_items, seed=0, avg_len=avg_len)
+    items, seqs = generate(num_users=users, num_items=num_items, seed=0, avg_len=AVG_LEN)
     write_dataset(out, items, seqs, source={"format": "synthetic", "seed": 0, "bench": "scale"},
                   num_shards=16, name=out.name)
     print(f"prepared {out}: {users:,} users, {len(seqs.items):,} interactions in {time.perf_counter() - t0:.0f} s",
