@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "raygr-bench"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", default="", help="write the best epoch as a checkpoint here (a train.init_from)")
+    ap.add_argument("--generator-best", action="store_true",
+                    help="also test the generator alone at its own best validation epoch")
     args = ap.parse_args()
     if args.merge:
         merge_into_beauty()
@@ -85,7 +87,7 @@ def main() -> None:
     cfg = load_config(args.config, sets)
     t0 = time.perf_counter()
     model, state, test = train_local(cfg, data, log=lambda s: print(f"[{args.variant}] {s}", flush=True),
-                                     checkpoint_dir=args.save or None)
+                                     checkpoint_dir=args.save or None, generator_best=args.generator_best)
     config = Path(args.config).resolve()  # a config outside the repository (a tune search's) stays absolute
     row = {
         "variant": args.variant, "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
@@ -100,6 +102,9 @@ def main() -> None:
         "test": {k: test[k] for k in KEYS},
         "retrieval_only": {k: test.get("retrieval_only", test)[k] for k in KEYS},
         "candidates_per_user": test.get("candidates_per_user", 0.0),
+        **({"generator_best": {"epoch": test["generator_best"]["epoch"],
+                               "retrieval_only": {k: test["generator_best"]["retrieval_only"][k] for k in KEYS}}}
+           if "generator_best" in test else {}),
         "codebook": codebook_health(model),
         "wall_s": time.perf_counter() - t0, "threads": args.threads,
     }

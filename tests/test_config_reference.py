@@ -43,7 +43,7 @@ def test_every_key_appears_with_its_default():
         assert f"| `{name}` |" in text, name
     for section in ("data", "model", "model.schedule", "model.loss", "train", "tune", "serve"):
         assert f"`{section}`\n" in text, section
-    assert keys["model.schedule.strategy"].default == "cosine" and "sdud" in keys["model.schedule.strategy"].type
+    assert keys["model.schedule.strategy"].default == "exponential" and "sdud" in keys["model.schedule.strategy"].type
     assert keys["train.lr"].default == "0.002" and keys["data.path"].default == "null"
     assert keys["tune.space"].default == "{}" and keys["serve.use_gpu"].default == "false"
 

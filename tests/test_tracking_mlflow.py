@@ -73,7 +73,7 @@ def test_log_run_writes_params_per_epoch_metrics_and_test_metrics(tmp_path):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == config_params(cfg) and run.data.params["train.tracking"] == "mlflow"
-    assert run.data.params["model.dim"] == "16" and run.data.params["model.schedule.strategy"] == "cosine"
+    assert run.data.params["model.dim"] == "16" and run.data.params["model.schedule.strategy"] == "exponential"
     assert history_of(client, run_id, "valid/ndcg_at_10") == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2))]
     for key in ("train/loss", "train/tau", "train/sigma", "valid/retrieval_only/ndcg_at_10",
                 "codebook/utilization/level1", "codebook/collision_rate", "speed/samples_per_s"):
