@@ -255,10 +255,13 @@ class ModelConfig:
     # negatives (num_negatives >= items) the per-step pass over every item is most of a step's cost.
     negative_codes_every: int = 0
     hard_negatives: int = 8  # enhancer: retrieved wrong items fed back per example
-    # Steps between enhancer retrievals (UniGRF's ranking-driven enhancer; 0 = off). It acts only with a
-    # sampled-softmax ranker (num_negatives < items). Measured both ways (docs/results.md, session 19):
-    # retrieve-then-rank N@10 -15.8 % on Scientific's learned SIDs, but +19 % in `raygr demo` (synthetic).
-    enhancer_every: int = 50
+    # Steps between enhancer retrievals (UniGRF's ranking-driven enhancer; 0 = off, the default since
+    # session 21). It acts only with a sampled-softmax ranker (num_negatives < items). Retrieve-then-rank
+    # test N@10 with it on, 1,000 sampled negatives, learned SIDs (docs/results.md, sessions 19 and 21):
+    # Beauty -19.9 %, Scientific -15.8 % (the ranker learns to push down the retriever's top items, among
+    # which the next item is); on the synthetic default +16 to +18 % (the demo, 3 seeds). Off until it helps
+    # on real data; e.g. 50 to try it.
+    enhancer_every: int = 0
     # How the loss terms are combined: fixed (the model.loss weights), scheduled (ranker and tokenizer
     # terms ramp in over ramp_steps), adaptive (GradNorm-style balance of generator and ranker).
     weighting: Weighting = "adaptive"
