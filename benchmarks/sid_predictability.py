@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from benchmarks.common import RESULTS, write_result
+from raygr.models.content_sids import training_transitions
 
 
 def prefix_keys(codes: np.ndarray, depth: int) -> np.ndarray:
@@ -36,11 +37,8 @@ def prefix_predictability(offsets: np.ndarray, items: np.ndarray, codes: np.ndar
     the previous item's in the training transitions. ``items`` are 1-based, CSR by ``offsets``."""
     keys = prefix_keys(codes, depth)
     lengths = np.diff(offsets)
-    # A position i of a sequence of length n is a training transition source when i + 1 <= n - 3.
-    pos = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
-    n_of = np.repeat(lengths, lengths)
-    src = np.flatnonzero(pos + 1 <= n_of - 3)
-    a, b = keys[items[src] - 1], keys[items[src + 1] - 1]
+    prev_items, next_items = training_transitions(offsets, items)
+    a, b = keys[prev_items - 1], keys[next_items - 1]
     pairs, counts = np.unique(np.stack([a, b], axis=1), axis=0, return_counts=True)
     # Most frequent successor per source prefix (ties: the smallest prefix, deterministic).
     order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))

@@ -75,6 +75,19 @@ def _standardised(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
 
 
+def training_transitions(offsets: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive pairs (item, next item) [P], [P] inside each user's sequence minus its last two items
+    (the validation and test targets never appear); ids as in ``items``."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    lengths = np.diff(offsets)
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(items)) - offsets[user]
+    training = pos < lengths[user] - 2
+    keep = (user[:-1] == user[1:]) & training[1:]  # pair (t, t+1): one user, both in the training part
+    return items[:-1][keep], items[1:][keep]
+
+
 def transition_vectors(offsets: np.ndarray, items: np.ndarray, num_items: int, dim: int = 64,
                        seed: int = 0) -> np.ndarray:
     """Collaborative item vectors [N, dim] from which items follow which in the users' training parts.
@@ -84,14 +97,8 @@ def transition_vectors(offsets: np.ndarray, items: np.ndarray, num_items: int, d
     directions (scaled by the square root of their singular values). Items whose text says little
     (attributes only) are then told apart by who buys them next to what.
     """
-    offsets = np.asarray(offsets, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64) - 1  # 0-based
-    lengths = np.diff(offsets)
-    user = np.repeat(np.arange(len(lengths)), lengths)
-    pos = np.arange(len(items)) - offsets[user]
-    training = pos < lengths[user] - 2  # the last two items of a user are validation and test targets
-    keep = (user[:-1] == user[1:]) & training[1:]  # pair (t, t+1): one user, both in the training part
-    a, b = items[:-1][keep], items[1:][keep]
+    a, b = training_transitions(offsets, items)
+    a, b = a - 1, b - 1  # 0-based
     rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
     from scipy.sparse import coo_matrix
     m = coo_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(num_items, num_items)).tocsr()
