@@ -158,6 +158,12 @@ class ModelConfig:
     # block, the item table that run's recommendation loss learned, so the SIDs group items by what the
     # next-item objective found alike, beside text and co-occurrence (0 = without it).
     sid_rec_weight: float = 0.0
+    # true: model.sid_rec_weight is picked when the run starts, among 0.5, 1, 2 and 4: the weight whose SIDs
+    # make the validation targets' first code most often the previous item's most frequent successor code in
+    # the training transitions (raygr/models/sid_predictability.py; seconds, nothing trains). The run's
+    # config records the weight picked. The right weight differs by dataset (Beauty 2, Scientific 1, each
+    # the one its generator did best with: docs/results.md, sessions 21-22). Needs train.init_from.
+    sid_rec_weight_auto: bool = False
     # With model.sid_source=file: JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's
     # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.
     sid_file: str | None = None
@@ -303,6 +309,8 @@ class ModelConfig:
         _check(self.sid_rec_weight >= 0, "model.sid_rec_weight", "must be >= 0 (0 = without the recommender's items)")
         _check(self.sid_rec_weight == 0 or self.sid_source == "content", "model.sid_rec_weight",
                "quantizes with the content SIDs only: set model.sid_source=content, or model.sid_rec_weight=0")
+        _check(not self.sid_rec_weight_auto or self.sid_source == "content", "model.sid_rec_weight_auto",
+               "picks a weight of the content SIDs only: set model.sid_source=content, or leave it false")
         _check(not self.node_embeddings or (self.sid_source != "tokenizer" and self.trie_softmax),
                "model.node_embeddings", "needs fixed SIDs (model.sid_source=file or content) and "
                "model.trie_softmax=true")
@@ -336,7 +344,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     seed: int = 0  # seeds initialisation, k-means, shuffling, negatives and the evaluation subset
     tokenizer_epochs: int = 10  # tiger preset: epochs of the content-only tokenizer stage
-    patience: int = 5  # early stopping: epochs without validation NDCG@10 improvement
+    patience: int = 5  # early stopping: epochs without improvement of the validation NDCG@10 train.select_by names
+    # What the best checkpoint (and early stopping, and Tune) is chosen by: "main", the validation NDCG@10 of
+    # what the preset serves (retrieve-then-rank for joint); "generator", the generator alone's (beam search
+    # order), for a service that runs retrieval only. On Beauty the two peak at different epochs (joint
+    # recipe: ranker 14, generator 19; docs/results.md, sessions 21-22).
+    select_by: Literal["main", "generator"] = "main"
     beam_size: int = 20  # offline evaluation: beam width of the retrieval (at least 20, the largest K)
     num_candidates: int = 50  # offline retrieve-then-rank: candidates handed to the ranker
     # > 0: retrieve SID prefixes instead of whole SIDs. The beam search decodes only the first
@@ -474,6 +487,10 @@ class Config:
             getattr(self, f.name).validate()
         _check(self.train.prefix_levels <= self.model.levels, "train.prefix_levels",
                f"must be <= model.levels ({self.model.levels}): a prefix is at most the whole code sequence")
+        _check(self.train.select_by == "main" or self.model.preset != "sasrec", "train.select_by",
+               "is 'generator' but preset sasrec has no generator: use 'main'")
+        _check(not self.model.sid_rec_weight_auto or bool(self.train.init_from), "model.sid_rec_weight_auto",
+               "needs train.init_from: the sasrec run whose item table the SIDs quantize")
         _check(self.model.sid_rec_weight == 0 or bool(self.train.init_from), "model.sid_rec_weight",
                "needs train.init_from: the sasrec run whose item table the SIDs quantize")
         return self

@@ -1,6 +1,8 @@
 """model.sid_rec_weight: content SIDs that also quantize the item table a SASRec run learned
 (train.init_from), so a joint run's SIDs come from the recommendation loss as well as from text."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,37 @@ def test_written_sids_train_a_file_sid_run_on_the_same_codes(sasrec_run, tmp_pat
     cfg = tiny_config("model.preset=tiger", "model.sid_source=file", f"model.sid_file={path}", "model.codes=16",
                       "model.trie_softmax=true", "model.node_embeddings=true", "model.history_item_id=true")
     assert (build_model(cfg, ds).fixed_codes[1:].numpy() == codes).all()
+
+
+def test_auto_picks_the_weight_whose_sids_make_the_next_first_code_most_predictable(sasrec_run):
+    """model.sid_rec_weight_auto: the pick is the argmax of first-code predictability over SID_REC_WEIGHTS,
+    its SIDs are those of a run configured with that weight, and a run records the weight, auto off."""
+    from raygr.models.sid_predictability import prefix_predictability
+    from raygr.training.factory import SID_REC_WEIGHTS, pick_sid_rec_weight, resolve_sid_rec_weight
+
+    ds, ckpt, _ = sasrec_run
+    seqs = ds.sequences
+    fixed = {w: semantic_sids(tiny_config(*CONTENT, f"model.sid_rec_weight={w}", f"train.init_from={ckpt}"), ds)
+             for w in SID_REC_WEIGHTS}
+    scores = {w: prefix_predictability(seqs.offsets, seqs.items, c, 1) for w, c in fixed.items()}
+    assert len(set(scores.values())) > 1  # the weights give different SIDs: the pick means something
+    want = max(SID_REC_WEIGHTS, key=lambda w: (scores[w], -w))
+    auto = tiny_config(*CONTENT, "model.sid_rec_weight_auto=true", f"train.init_from={ckpt}")
+    lines: list[str] = []
+    weight, codes = pick_sid_rec_weight(auto, ds, lines.append)
+    assert weight == want and (codes == fixed[want]).all()
+    assert (semantic_sids(auto, ds, quiet) == fixed[want]).all()
+    assert f"-> weight {want:g}" in lines[0]
+    resolved = resolve_sid_rec_weight(auto, ds, quiet)
+    assert resolved.model.sid_rec_weight == want and not resolved.model.sid_rec_weight_auto
+    _, state, _ = train_local(dataclasses.replace(auto, train=dataclasses.replace(auto.train, epochs=1)), ds,
+                              log=lines.append)
+    assert state.epoch == 1 and any("model.sid_rec_weight_auto" in line for line in lines[1:])
+
+
+def test_auto_needs_content_sids_and_a_recommender_run(sasrec_run):
+    _, ckpt, _ = sasrec_run
+    with pytest.raises(ConfigError, match="model.sid_rec_weight_auto.*needs train.init_from"):
+        tiny_config(*CONTENT, "model.sid_rec_weight_auto=true")
+    with pytest.raises(ConfigError, match="model.sid_rec_weight_auto.*model.sid_source=content"):
+        tiny_config("model.sid_rec_weight_auto=true", f"train.init_from={ckpt}")

@@ -1,10 +1,11 @@
-"""benchmarks/sid_predictability.py: the vectorised count against a slow reference, and what it ranks."""
+"""raygr/models/sid_predictability.py: the vectorised count against a slow reference, and what it ranks."""
 
 from collections import Counter, defaultdict
 
 import numpy as np
 
-from benchmarks.sid_predictability import prefix_predictability, summarise
+from benchmarks.sid_predictability import summarise
+from raygr.models.sid_predictability import prefix_predictability
 
 
 def _reference(offsets, items, codes, depth):

@@ -87,7 +87,7 @@ def test_best_config_loads_and_trains(search, data):
     ckpt = read_checkpoint(out / BEST_CHECKPOINT)  # the best trial's (its horizon resolved to steps)
     assert ckpt.config.model == dataclasses.replace(best.model, schedule=ckpt.config.model.schedule)
     assert ckpt.config.model.schedule.strategy == "frqud"
-    assert ckpt.meta["train_state"]["best_metric"] == pytest.approx(summary["best"]["valid_ndcg@10"])
+    assert ckpt.meta["train_state"]["best_metric"] == pytest.approx(summary["best"]["valid_score"])
     _, state, test = train_local(best, str(data), log=quiet)
     assert state.epoch == 1 and 0 <= test["ndcg@10"] <= 1
     assert json.loads((out / SUMMARY).read_text())["best"]["trial"] == summary["best"]["trial"]

@@ -74,7 +74,7 @@ from raygr.training.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
-from raygr.training.factory import build_model
+from raygr.training.factory import build_model, resolve_sid_rec_weight
 from raygr.training.loop import (
     TARGET_METRIC,
     TrainContext,
@@ -83,6 +83,7 @@ from raygr.training.loop import (
     fit,
     initialise,
     merge_ranks,
+    selection_score,
     summarise,
 )
 from raygr.training.mlflow_tracking import log_epochs as log_mlflow_epochs
@@ -101,7 +102,9 @@ from raygr.training.tracking import TB_DIR, write_tensorboard
 from raygr.training.warm_start import resolve_warm_start
 
 RUN_NAME = "train"  # Ray Train run name inside RUN_DIR/ray: fixed, so a re-run finds its state
-SCORE = f"valid_{TARGET_METRIC}"  # the attribute Ray keeps the best checkpoint by
+# The attribute Ray keeps the best checkpoint by (and Tune's ASHA compares): the validation NDCG@10 that
+# train.select_by names, the same number the run's own early stopping reads (selection_score).
+SCORE = "valid_score"
 CACHE_FRACTION = 0.2  # training windows up to this share of the object store are materialised once ...
 # ... and up to this size: materialised, a worker maps the store pages of its half of the windows (its RSS
 # grew by 330 MiB at 20M interactions, docs/results.md "Scale"), and streaming was faster there anyway.
@@ -193,7 +196,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
         run["input_wait_s"] = [*run.get("input_wait_s", [])[: st.epoch - 1], wait.take()]
         metrics = {"epoch": st.epoch, "step": st.step, "loss": record["train"].get("loss", 0.0),
-                   SCORE: record["valid"][TARGET_METRIC], "valid_recall@10": record["valid"]["recall@10"],
+                   SCORE: selection_score(record["valid"], cfg.train.select_by),
+                   f"valid_{TARGET_METRIC}": record["valid"][TARGET_METRIC],
+                   "valid_recall@10": record["valid"]["recall@10"],
+                   **({f"valid_retrieval_{TARGET_METRIC}": record["valid"]["retrieval_only"][TARGET_METRIC]}
+                      if "retrieval_only" in record["valid"] else {}),
                    "is_best": is_best, "best_epoch": st.best_epoch, "stopped_early": st.stopped_early,
                    "samples_per_s": record["samples_per_s"], "input_wait_s": run["input_wait_s"][-1]}
         if rank != 0:
@@ -491,6 +498,8 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
         cfg = keep_run_horizon(cfg, latest)  # another train.epochs must not move the exploration horizon
     else:
         cfg = resolve_warm_start(cfg, manifest)
+        if cfg.model.sid_rec_weight_auto:  # picked once, here: the run's config.yaml records the weight
+            cfg = resolve_sid_rec_weight(cfg, load_catalogue(dataset_dir), log)
     check_resources(cfg)
     dump_config(cfg, run / "config.yaml")
 

@@ -9,9 +9,9 @@ Train V2 cannot be handed to a ``Tuner`` directly, so each trial runs ``trial_dr
 trainable that applies its sampled values to the base config and runs the same ``TorchTrainer`` as
 ``raygr train`` (``build_trainer``), with a callback that forwards each epoch's report (validation
 NDCG@10 plus code-health numbers, with the epoch's checkpoint) to Tune. ASHA compares trials on
-``valid_ndcg@10`` by epoch and stops the weak ones. A trial that fails (it raised, or its process or node
-was lost) starts again up to ``tune.max_failures`` times from its latest checkpoint; after that it is
-recorded and the search goes on.
+``valid_score`` (the validation NDCG@10 ``train.select_by`` names) by epoch and stops the weak ones.
+A trial that fails (it raised, or its process or node was lost) starts again up to ``tune.max_failures``
+times from its latest checkpoint; after that it is recorded and the search goes on.
 
 OUTPUT/
   search.yaml              the resolved base config, the space and the dataset: what a re-run must match
@@ -59,7 +59,7 @@ from raygr.training.checkpoint import (
     prepare_run_dir,
     read_checkpoint,
 )
-from raygr.training.loop import TARGET_METRIC
+from raygr.training.loop import selection_score
 from raygr.training.mlflow_tracking import require_mlflow
 from raygr.training.tracking import scalars
 from raygr.training.warm_start import resolve_warm_start
@@ -314,7 +314,7 @@ def build_tuner(cfg: Config, dims: tuple[Dimension, ...], dataset_dir: Path, out
     )
 
 
-def collect(results: ray.tune.ResultGrid, out: Path, max_epochs: int) -> list[TrialRecord]:
+def collect(results: ray.tune.ResultGrid, out: Path, max_epochs: int, select_by: str) -> list[TrialRecord]:
     """One record per trial, from Tune's results and state and from each trial's own Train run."""
     # Tune's Result lacks the status, and a restored trial that never reported lacks its config too.
     trials = {t.trial_id: t for t in ray.tune.ExperimentAnalysis(str(out / "ray" / EXPERIMENT)).trials}
@@ -328,7 +328,7 @@ def collect(results: ray.tune.ResultGrid, out: Path, max_epochs: int) -> list[Tr
         # the epochs a run trained after an interrupted search stopped listening, before it resumed.
         info = latest_checkpoint(run) if (run / CHECKPOINTS).is_dir() else None
         history = info.meta["train_state"]["history"] if info is not None else []
-        curve = [(int(h["epoch"]), float(h["valid"][TARGET_METRIC])) for h in history]
+        curve = [(int(h["epoch"]), selection_score(h["valid"], select_by)) for h in history]
         if history:
             last.update(health_metrics(history[-1]))
         stopped_early = bool(info.meta["train_state"]["stopped_early"]) if info is not None else False
@@ -380,7 +380,7 @@ def run_tune(cfg: Config, dataset_dir: str | Path, output: str | Path, *, resume
             f"reduction {cfg.tune.reduction_factor} -> {out}")
     results = build_tuner(cfg, dims, dataset_dir, out, concurrency, restore=restore,
                           resume_errored=resume_errored, log=log).fit()
-    records = collect(results, out, cfg.train.epochs)
+    records = collect(results, out, cfg.train.epochs, cfg.train.select_by)
     extra = {"wall_s": time.perf_counter() - start, "concurrency": concurrency,
              "trial_resources": {"cpus": trial_resources(cfg).cpus, "gpus": trial_resources(cfg).gpus},
              "epochs_trained": sum(r.epochs for r in records), "max_epochs": cfg.train.epochs,

@@ -18,7 +18,7 @@ from raygr.config import Config
 from raygr.data.dataset import Dataset, load_dataset
 from raygr.data.split import EvalExamples, eval_examples
 from raygr.data.windows import iterate_windows, make_train_windows_csr
-from raygr.training.factory import build_model
+from raygr.training.factory import build_model, resolve_sid_rec_weight
 from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
 from raygr.training.warm_start import check_warm_start
 
@@ -44,6 +44,7 @@ def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], Non
     generator alone would keep; the two epochs often differ (docs/results.md, session 21)."""
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     check_warm_start(cfg, ds.manifest)
+    cfg = resolve_sid_rec_weight(cfg, ds, log)
     windows = make_train_windows_csr(ds.sequences.offsets, ds.sequences.items, cfg.data.max_history)
     model = build_model(cfg, ds).to(device)
     initialise(model, cfg, log)

@@ -36,6 +36,15 @@ from raygr.training.weighting import LossWeighter
 TARGET_METRIC = "ndcg@10"
 
 
+def selection_score(valid: Mapping[str, Any], select_by: str) -> float:
+    """The validation figure a run keeps its best checkpoint and early-stops by (``train.select_by``):
+    the preset's main NDCG@10, or the generator alone's. Presets whose main output is the generator
+    (tiger) report no separate ``retrieval_only``: there the two are the same number."""
+    if select_by == "generator":
+        return float(valid.get("retrieval_only", valid)[TARGET_METRIC])
+    return float(valid[TARGET_METRIC])
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
@@ -398,7 +407,7 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
         if before is not None:  # after validation's refresh: the SIDs the epoch ended with
             after = ctx.core.table.sids()
             record["codebook"]["sid_changed"] = float((after[1:] != before[1:]).any(1).float().mean())
-        score = metrics[TARGET_METRIC]
+        score = selection_score(metrics, cfg.train.select_by)
         is_best = score > state.best_metric
         if is_best:
             state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
@@ -409,7 +418,8 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
         state.history.append(record)
         if ctx.verbose:
             util = record["codebook"].get("utilization")
-            log(f"epoch {epoch + 1}: loss {record['train'].get('loss', 0):.4f} | valid ndcg@10 {score:.4f} "
+            log(f"epoch {epoch + 1}: loss {record['train'].get('loss', 0):.4f} "
+                f"| valid ndcg@10 {metrics[TARGET_METRIC]:.4f} "
                 f"recall@10 {metrics['recall@10']:.4f}"
                 # With a ranker the main figure is retrieve-then-rank: say what the generator alone did too.
                 + (f" (generator alone {metrics['retrieval_only']['ndcg@10']:.4f} / "
@@ -421,7 +431,7 @@ def fit(ctx: TrainContext, train_batches: Callable[[int], Iterable[Mapping[str, 
                    else "")
                 + (f" | teacher-forced acc {metrics['teacher_forced_accuracy']}"
                    if "teacher_forced_accuracy" in metrics else "")
-                + (" | best" if is_best else ""))
+                + ((" | best" if cfg.train.select_by == "main" else " | best generator") if is_best else ""))
         if on_epoch_end is not None:
             on_epoch_end(state, record, is_best)
     return state

@@ -21,7 +21,9 @@ from raygr.config import Config, dump_config
 from raygr.training.checkpoint import BEST, CHECKPOINTS, META_FILE, claim_output, publish, write_json_atomic
 from raygr.tuning.space import Dimension, apply, as_overrides, fmt_value, space_to_yaml
 
-METRIC = "valid_ndcg@10"  # what ASHA and the best-trial choice look at (reported per epoch by Ray Train)
+# What ASHA and the best-trial choice look at, reported per epoch by Ray Train: the validation NDCG@10 that
+# train.select_by names (the preset's main output, or the generator alone).
+METRIC = "valid_score"
 BEST_CONFIG, BEST_CHECKPOINT = "best_config.yaml", "best_checkpoint"
 TRIALS_CSV, SUMMARY = "trials.csv", "summary.json"
 CURVES_PNG, STRATEGY_PNG = "valid_ndcg10_by_epoch.png", "ndcg10_by_strategy.png"
@@ -234,7 +236,8 @@ def write_outputs(records: Sequence[TrialRecord], cfg: Config, dims: tuple[Dimen
     plot_by_strategy(records, out / STRATEGY_PNG, default_strategy=cfg.model.schedule.strategy)
     log(trials_table(records, keys))
     counts = {s: sum(r.status == s for r in records) for s in (COMPLETED, PATIENCE, ASHA, ERROR, UNFINISHED)}
-    summary: dict[str, Any] = {"dataset": str(dataset_dir), "metric": METRIC, "trials": counts,
+    summary: dict[str, Any] = {"dataset": str(dataset_dir), "metric": METRIC,
+                               "select_by": cfg.train.select_by, "trials": counts,
                                "space": space_to_yaml(dims), **extra}
     by_strategy: dict[str, float] = {}
     for r in records:
