@@ -161,8 +161,8 @@ class ModelConfig:
     # true: model.sid_rec_weight is picked when the run starts, among 0.5, 1, 2 and 4: the weight whose SIDs
     # make the validation targets' first code most often the previous item's most frequent successor code in
     # the training transitions (raygr/models/sid_predictability.py; seconds, nothing trains). The run's
-    # config records the weight picked. The right weight differs by dataset (Beauty 2, Scientific 1, each
-    # the one its generator did best with: docs/results.md, sessions 21-22). Needs train.init_from.
+    # config records the weight picked. The weight it picks differs by dataset (Beauty 2, or 4 on another
+    # seed where the two score alike; Scientific 1: docs/results.md, session 22). Needs train.init_from.
     sid_rec_weight_auto: bool = False
     # With model.sid_source=file: JSON {item id: [codes]} or Parquet item_id/sid, keyed by the dataset's
     # original item ids (raygr/data/sid_file.py). model.levels must equal the SIDs' length.

@@ -88,6 +88,23 @@ def test_round_trip_restores_model_optimizer_weighter_miner_and_state(trained):
     assert torch.equal(ctx2.miner.pool, ctx.miner.pool)
 
 
+def test_a_run_over_fixed_sids_resumes_with_the_optimizer_it_started_with(tmp_path):
+    """Content (or file) SIDs: ``initialise`` freezes the unused tokenizer before the optimizer is built,
+    so a resume, which does not initialise, must freeze it too or its parameter groups differ."""
+    ds = tiny_dataset(tmp_path)
+    ds.items.dense = np.random.default_rng(3).normal(size=(ds.num_items, 8)).astype(np.float32)
+    cfg = tiny_config(*CFG, "model.sid_source=content")
+    model = build_model(cfg, ds)
+    initialise(model, cfg, log=lambda _: None)
+    ctx = TrainContext.create(model, cfg, 10, verbose=False)
+    save_checkpoint(tmp_path / "ckpt", ctx, TrainState(epoch=1), DatasetIdentity.from_manifest(ds.manifest))
+    fresh = build_model(cfg, ds)
+    load_model_state(tmp_path / "ckpt", fresh)
+    ctx2 = TrainContext.create(fresh, cfg, 10, verbose=False)
+    load_trainer_state(tmp_path / "ckpt", ctx2)  # raised "a parameter group that doesn't match" before
+    assert ctx2.optimizer.state_dict()["param_groups"] == ctx.optimizer.state_dict()["param_groups"]
+
+
 def test_loaded_model_evaluates_like_the_original(trained):
     ds, cfg = trained["ds"], trained["cfg"]
     examples = eval_split(ds, cfg, "test", limit=60)

@@ -42,7 +42,7 @@ def test_content_sid_generator_trains_on_two_workers_and_reloads(ray_cluster, tm
 def test_auto_weight_and_generator_selection_through_ray_train(ray_cluster, tmp_path):
     """model.sid_rec_weight_auto is resolved once by the driver (the run's config.yaml names the weight),
     and train.select_by=generator makes Ray keep the checkpoint of the generator's best validation epoch."""
-    from raygr.config import load_config
+    from raygr.config import load_config, replace
     from raygr.training.factory import pick_sid_rec_weight
     from raygr.training.local import train_local
 
@@ -67,3 +67,9 @@ def test_auto_weight_and_generator_selection_through_ray_train(ray_cluster, tmp_
     assert len(curve) == 3 and best.epoch == int(np.argmax(curve)) + 1 == last["best_epoch"]
     model, _, _ = load_model(tmp_path / "run", ds)
     assert (model.fixed_codes[1:].numpy() == codes).all()  # the SIDs of the picked weight
+    # Resumed for one more epoch: the run keeps the weight it picked, without picking again.
+    lines: list[str] = []
+    run_training(replace(cfg, ["train.epochs=4"]), ds.root, tmp_path / "run", log=lines.append)
+    assert not any("sid_rec_weight_auto:" in line for line in lines)
+    assert load_config(tmp_path / "run" / "config.yaml").model.sid_rec_weight == want
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "latest").epoch == 4

@@ -41,7 +41,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
+from raygr.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config, replace
 from raygr.data.dataset import (
     check_files,
     length_histogram,
@@ -496,6 +496,9 @@ def run_training(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *,
     if latest is not None:
         check_compatible(latest, cfg, manifest)
         cfg = keep_run_horizon(cfg, latest)  # another train.epochs must not move the exploration horizon
+        if cfg.model.sid_rec_weight_auto:  # the weight the run picked when it started, not a new pick
+            cfg = replace(cfg, [f"model.sid_rec_weight={latest.config.model.sid_rec_weight}",
+                                "model.sid_rec_weight_auto=false"])
     else:
         cfg = resolve_warm_start(cfg, manifest)
         if cfg.model.sid_rec_weight_auto:  # picked once, here: the run's config.yaml records the weight

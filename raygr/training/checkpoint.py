@@ -335,8 +335,9 @@ def load_model_state(path: str | Path, model: nn.Module, device: Any = "cpu",
     except RuntimeError as e:  # shapes differ although the shape keys agree: say so plainly
         raise CheckpointError(f"checkpoint {info.path} does not fit the model built from its config: "
                               f"{str(e).splitlines()[0]}") from None
-    if info.config.model.preset == "tiger" and hasattr(model, "freeze_tokenizer"):
-        # The freeze is a flag, not state: redo what ``initialise`` did after the tokenizer stage.
+    if hasattr(model, "freeze_tokenizer") and (info.config.model.preset == "tiger" or model.sids_fixed):
+        # The freeze is a flag, not state: redo what ``initialise`` did (after the tokenizer stage, or at
+        # once for SIDs fixed from a file or the content), so a resume builds the run's optimizer groups.
         model.freeze_tokenizer()
     return info
 
