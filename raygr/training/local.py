@@ -19,7 +19,7 @@ from raygr.data.dataset import Dataset, load_dataset
 from raygr.data.split import EvalExamples, eval_examples
 from raygr.data.windows import iterate_windows, make_train_windows_csr
 from raygr.training.factory import build_model, resolve_sid_rec_weight
-from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise
+from raygr.training.loop import TrainContext, TrainState, evaluate, fit, initialise, selection_score
 from raygr.training.warm_start import check_warm_start
 
 
@@ -56,7 +56,7 @@ def train_local(cfg: Config, dataset: Dataset | str, *, log: Callable[[str], Non
     def keep_best(state: TrainState, record: dict[str, Any], is_best: bool) -> None:
         if is_best:  # the test split is scored with the best validation epoch, as in the Ray path
             best.update(copy.deepcopy(model.state_dict()))
-        gen_score = record["valid"].get("retrieval_only", record["valid"])["ndcg@10"]
+        gen_score = selection_score(record["valid"], "generator")
         if generator_best and gen_score > gen_best["score"]:
             gen_best.update(score=gen_score, epoch=record["epoch"], state=copy.deepcopy(model.state_dict()))
 
